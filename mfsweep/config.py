@@ -1,0 +1,250 @@
+"""Typed trial configuration, validated at load (pydantic): unknown keys are rejected with their dotted
+path, ranges and registry names are checked, and every error is reported at once.
+
+The rest of the code never sees a raw dict: ``load_trial_config(dict) -> TrialConfig``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mfsweep.backbones import BACKBONES, TIME_EMBEDDINGS
+from mfsweep.data import DATASETS, TOYS
+from mfsweep.meanflow import TANGENTS
+from mfsweep.sampling import TIME_GRIDS
+from mfsweep.timesteps import TIME_SAMPLERS
+
+
+class ConfigError(ValueError):
+    """Invalid configuration. ``errors`` is a list of (dotted path, message); str() lists them all."""
+
+    def __init__(self, errors: list[tuple[str, str]], source: str = "config"):
+        self.errors = errors
+        self.source = source
+        lines = "\n".join(f"  {path or '<root>'}: {msg}" for path, msg in errors)
+        n = len(errors)
+        super().__init__(f"invalid {source} ({n} error{'s' * (n != 1)}):\n{lines}")
+
+
+def _one_of(value: str, valid, what: str) -> str:
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DataConfig(_Strict):
+    name: str = "checkerboard"
+    path: str | None = None  # for name = npy: a .npy (x) or .npz (x, optional y) file
+    num_train: int = Field(20000, ge=2, description="toys: generated training points")
+    num_test: int = Field(5000, ge=2, description="toys: generated held-out points")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="digits / npy: held-out fraction")
+    seed: int = 0  # data generation and split; fixed across a study's trials
+    conditional: bool = False  # train on class labels (needed for CFG)
+
+    _name = field_validator("name")(lambda v: _one_of(v, DATASETS, "dataset"))
+
+    @model_validator(mode="after")
+    def _path_for_npy(self):
+        if self.name == "npy" and not self.path:
+            raise ValueError("data.path is required when data.name is 'npy'")
+        return self
+
+
+class ModelConfig(_Strict):
+    backbone: str = "mlp"
+    hidden_dim: int = Field(256, ge=1, description="mlp width")
+    depth: int = Field(3, ge=1, description="mlp residual blocks")
+    channels: int = Field(32, ge=1, description="unet base channels")
+    channel_mult: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
+    time_embedding: str = "t_tr"  # (t, t−r); Table 1c variants: t_r, tr, t_r_tr
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    _backbone = field_validator("backbone")(lambda v: _one_of(v, BACKBONES, "backbone"))
+    _emb = field_validator("time_embedding")(lambda v: _one_of(v, TIME_EMBEDDINGS, "time embedding"))
+
+
+class TimeSamplerConfig(_Strict):
+    name: str = "logit_normal"
+    mu: float = -0.4  # logit-normal location (of t for separate_logit_normal)
+    sigma: float = Field(1.0, gt=0)
+    r_mu: float = -4.0  # separate_logit_normal only: r ~ LN(r_mu, r_sigma)
+    r_sigma: float = Field(1.6, gt=0)
+
+    _name = field_validator("name")(lambda v: _one_of(v, TIME_SAMPLERS, "time sampler"))
+
+
+class CFGConfig(_Strict):
+    omega: float = Field(1.0, gt=0)
+    kappa: float = Field(0.0, ge=0, lt=1)
+    t_start: float = Field(0.0, ge=0, le=1)
+    t_end: float = Field(1.0, ge=0, le=1)
+    class_dropout: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _interval(self):
+        if not self.t_start < self.t_end:
+            raise ValueError(f"need 0 ≤ t_start < t_end ≤ 1, got t_start={self.t_start}, t_end={self.t_end}")
+        return self
+
+
+class MeanFlowConfig(_Strict):
+    frac_r_neq_t: float = Field(0.25, ge=0, le=1, description="fraction of rows with r ≠ t; 0 = Flow Matching")
+    time_sampler: TimeSamplerConfig = Field(default_factory=TimeSamplerConfig)
+    tangent: str = "v01"
+    weight_power: float = Field(1.0, ge=0, description="adaptive weight power p; 0 = plain L2")
+    weight_eps: float = Field(1e-3, gt=0, description="adaptive weight constant c")
+    cfg: CFGConfig = Field(default_factory=CFGConfig)
+
+    _tangent = field_validator("tangent")(lambda v: _one_of(v, TANGENTS, "tangent"))
+
+
+class TrainConfig(_Strict):
+    steps: int = Field(3000, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0, description="max grad norm; null disables")
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    checkpoint_every: int = Field(500, ge=1)
+    log_every: int = Field(50, ge=1)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; null leaves torch's default")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError(f"unknown device {v!r}; valid: auto, cpu, cuda, cuda:N, mps")
+
+
+class EvalConfig(_Strict):
+    nfe: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], min_length=1)
+    grid: str = "linspace"
+    num_samples: int = Field(2000, ge=2, description="samples for the final evaluation")
+    every_steps: int = Field(0, ge=0, description="cheap evaluation period during training; 0 = end only")
+    num_samples_during: int = Field(500, ge=2, description="samples for the cheap periodic evaluation")
+    metrics: list[str] | None = None  # None: the dataset's default metrics
+    seed: int = 0  # evaluation noise seed: the same noise for every NFE and every trial
+    batch_size: int = Field(1000, ge=1)
+
+    _grid = field_validator("grid")(lambda v: _one_of(v, TIME_GRIDS, "time-grid rule"))
+
+    @field_validator("nfe")
+    @classmethod
+    def _nfe(cls, v: list[int]) -> list[int]:
+        if any(k < 1 for k in v) or len(set(v)) != len(v):
+            raise ValueError(f"nfe must be distinct positive integers, got {v}")
+        return sorted(v)
+
+
+class TrialConfig(_Strict):
+    name: str = "trial"
+    seed: int = 0  # training seed: init, batches, noise, (t, r)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    meanflow: MeanFlowConfig = Field(default_factory=MeanFlowConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _cross_field(self):
+        cfg = self.meanflow.cfg
+        if (cfg.omega != 1.0 or cfg.kappa != 0.0) and not self.data.conditional:
+            raise ValueError("meanflow.cfg: guidance (omega ≠ 1 or kappa ≠ 0) needs data.conditional: true")
+        if self.model.backbone == "unet" and self.data.name in TOYS:
+            raise ValueError(f"model.backbone: unet needs image data, but data.name {self.data.name!r} is 2-D vectors")
+        return self
+
+
+def _dotted(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _errors(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    out = []
+    for err in exc.errors():
+        path = _dotted(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] not in ("extra_forbidden", "missing", "value_error") and "input" in err and not isinstance(err["input"], dict):
+            msg += f" (got {err['input']!r})"
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        out.append((prefix + path, msg))
+    return out
+
+
+def load_trial_config(raw: dict[str, Any], prefix: str = "", source: str = "config") -> TrialConfig:
+    """Validate a plain dict. Raises ConfigError listing every problem with its dotted path."""
+    if not isinstance(raw, dict):
+        raise ConfigError([(prefix.rstrip("."), f"expected a mapping, got {type(raw).__name__}")], source)
+    try:
+        return TrialConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_errors(exc, prefix), source) from None
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """'train.steps=500' → ('train.steps', 500); the value is parsed as a YAML scalar or list."""
+    if "=" not in item:
+        raise ConfigError([(item, "expected key=value, e.g. train.steps=500")], "--set")
+    key, value = item.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def set_dotted(raw: dict, key: str, value: Any) -> None:
+    """Set raw['a']['b'] = value for key 'a.b', creating mappings on the way."""
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part, {}), dict):
+            raise ConfigError([(key, f"{part!r} is not a mapping")], "--set")
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path, what: str = "config") -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError([("", f"file not found: {p}")], what)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError([("", f"not valid YAML: {exc}")], f"{what} {p}") from None
+    return raw if raw is not None else {}
+
+
+def load_config_file(path: str | Path, overrides: list[str] = ()) -> TrialConfig:
+    """Read a YAML trial config, apply ``--set key=value`` overrides, validate."""
+    raw = read_yaml(path)
+    for item in overrides:
+        set_dotted(raw, *parse_override(item))
+    return load_trial_config(raw, source=f"config {path}")
+
+
+def flatten(cfg: BaseModel | dict, prefix: str = "") -> dict[str, Any]:
+    """Nested config → {'meanflow.frac_r_neq_t': 0.25, ...}; lists become strings."""
+    d = cfg.model_dump() if isinstance(cfg, BaseModel) else cfg
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v) if isinstance(v, (list, tuple)) else v
+    return out
+
+
+def dump_yaml(cfg: TrialConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(), sort_keys=False)

@@ -1,0 +1,56 @@
+"""Few-step sampling with the average velocity (METHOD.md §1; k-diffusion-style signature).
+
+One jump of the flow from t to r is z_r = z_t − (t − r)·u(z_t, r, t). With a time grid
+1 = t_0 > t_1 > … > t_k = 0 the sampler makes k jumps, so NFE = len(grid) − 1. A Flow Matching
+network used the same way is plain Euler integration (u(z, r, t) ≈ v(z, t)).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+TIME_GRIDS = ("linspace",)
+
+
+def make_time_grid(nfe: int, rule: str = "linspace", dtype=torch.float32, device="cpu") -> Tensor:
+    """Decreasing time grid of shape (nfe + 1,) from 1 (noise) to 0 (data)."""
+    if not isinstance(nfe, int) or nfe < 1:
+        raise ValueError(f"nfe must be a positive integer, got {nfe!r}")
+    if rule == "linspace":
+        return torch.linspace(1.0, 0.0, nfe + 1, dtype=dtype, device=device)
+    raise ValueError(f"unknown time-grid rule {rule!r}; valid: {', '.join(TIME_GRIDS)}")
+
+
+def check_time_grid(time_grid: Tensor) -> Tensor:
+    """Validate a custom grid: 1-D, at least two points, strictly decreasing, inside [0, 1]."""
+    g = torch.as_tensor(time_grid)
+    if g.ndim != 1 or g.numel() < 2:
+        raise ValueError(f"time grid must be 1-D with at least 2 points, got shape {tuple(g.shape)}")
+    if not bool((g[1:] < g[:-1]).all()):
+        raise ValueError(f"time grid must be strictly decreasing (noise t=1 → data t=0), got {g.tolist()}")
+    if float(g.max()) > 1.0 or float(g.min()) < 0.0:
+        raise ValueError(f"time grid must lie in [0, 1], got {g.tolist()}")
+    return g
+
+
+@torch.no_grad()
+def sample(net, noise: Tensor, labels: Tensor | None, time_grid: Tensor) -> Tensor:
+    """Integrate from noise at time_grid[0] to time_grid[-1] with len(time_grid) − 1 network calls.
+
+    Args:
+        net: ``net(z, r, t, y) -> u`` with z (B, ...), r and t (B,), y (B,) or None.
+        noise: e ~ N(0, I), shape (B, ...). Reusing it across grids compares NFEs on the same noise.
+        labels: class labels (B,) int64, or None for an unconditional model.
+        time_grid: decreasing times, shape (k + 1,); NFE = k.
+
+    Returns:
+        Samples of the same shape as noise. With the grid [1, 0] this is x̂ = e − u(e, 0, 1).
+    """
+    grid = check_time_grid(time_grid).to(device=noise.device, dtype=noise.dtype)
+    z = noise
+    b = noise.shape[0]
+    for i in range(grid.numel() - 1):
+        t, r = grid[i], grid[i + 1]
+        z = z - (t - r) * net(z, r.expand(b), t.expand(b), labels)
+    return z
