@@ -1,0 +1,121 @@
+"""The MeanFlow paper's ablation numbers, as data (METHOD.md §5).
+
+Source: Geng, Deng, Bai, Kolter, He, "Mean Flows for One-step Generative Modeling", 2025,
+arXiv 2505.13447, Table 1 (MF-B/4, ImageNet 256 latents, 80 epochs, 1-NFE FID-50K, lower is
+better) and Table 5 (CFG with effective scale ω' = 2). These are ImageNet FIDs: they are not on
+the same scale as mfsweep's toy metrics (SWD, energy, MMD, fd_digits), only the ranking of the
+variants can be compared.
+
+A study opts in with the parent-run tag `mfsweep.paper_table` (e.g. "1a"); each row of the
+study's table is matched on its axis values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CITATION = ("Geng et al. 2025, arXiv 2505.13447, Table 1 (MF-B/4, ImageNet 256, 80 epochs, "
+            "1-NFE FID-50K)")
+COLUMN = "paper (1-NFE FID, ImageNet 256)"
+NOTE = ("Paper column: ImageNet 256 FID-50K at 1 NFE from {cite}; it is not comparable in scale "
+        "to this study's metric, compare the ranking of the rows only.")
+
+
+@dataclass(frozen=True)
+class PaperEntry:
+    """One paper number: the axis values it belongs to and its 1-NFE FID."""
+
+    match: tuple[tuple[str, object], ...]
+    fid: float
+
+
+#: The configuration every Table 1 row shares except for the one thing it varies (paper §5.1):
+#: 25% r ≠ t, LN(−0.4, 1.0), JVP tangent (v, 0, 1), embedding (t, t − r), p = 1, no CFG.
+TABLE1_BASELINE: dict[str, object] = {
+    "meanflow.frac_r_neq_t": 0.25, "meanflow.time_sampler.name": "logit_normal",
+    "meanflow.tangent": "v01", "model.time_embedding": "t_tr", "meanflow.weight_power": 1.0,
+    "meanflow.cfg.omega": 1.0, "meanflow.cfg.kappa": 0.0,
+}
+
+
+def _table1(axis: str, values: dict) -> list[PaperEntry]:
+    """Entries of one Table 1 ablation, each the baseline with `axis` set to the row's value."""
+    return [PaperEntry(tuple({**TABLE1_BASELINE, axis: v}.items()), fid)
+            for v, fid in values.items()]
+
+
+#: `mfsweep.paper_table` tag → entries.
+PAPER_TABLES: dict[str, list[PaperEntry]] = {
+    "1a": _table1("meanflow.frac_r_neq_t", {0.0: 328.91, 0.25: 61.06, 0.5: 63.14, 1.0: 67.32}),
+    "1b": _table1("meanflow.tangent", {"v01": 61.06, "v00": 268.06, "v10": 329.22,
+                                       "v11": 137.96}),
+    "1c": _table1("model.time_embedding", {"t_tr": 61.06, "t_r": 61.75, "tr": 63.13}),
+    "1d": _table1("meanflow.time_sampler.name", {"logit_normal": 61.06, "uniform": 65.90}),
+    "1e": _table1("meanflow.weight_power", {0.0: 79.75, 0.5: 63.98, 1.0: 61.06}),
+    "1f": _table1("meanflow.cfg.omega", {1.0: 61.06, 2.0: 20.15, 3.0: 15.53, 5.0: 20.75}),
+    "5": [
+        PaperEntry((("meanflow.cfg.omega", 2.0), ("meanflow.cfg.kappa", 0.0)), 20.15),
+        PaperEntry((("meanflow.cfg.omega", 1.0), ("meanflow.cfg.kappa", 0.5)), 19.15),
+    ],
+}
+
+
+def table_citation(tables: str | list[str]) -> str:
+    """Citation naming the paper's table(s), e.g. '... Table 1a, 1d (MF-B/4, ...)'."""
+    names = [tables] if isinstance(tables, str) else list(tables)
+    if names == ["5"]:
+        return "Geng et al. 2025, arXiv 2505.13447, Table 5 (CFG, ω' = 2, 1-NFE FID-50K)"
+    return CITATION.replace("Table 1", "Table " + ", ".join(names))
+
+
+def _same(expected: object, actual: str) -> bool:
+    """Compare a paper value with an `axis.*` tag string (numbers numerically)."""
+    if isinstance(expected, (int, float)):
+        try:
+            return abs(float(actual) - float(expected)) < 1e-9
+        except (TypeError, ValueError):
+            return False
+    return str(expected) == str(actual).strip()
+
+
+def _match(entries: list[PaperEntry], axis_values: dict[str, str]) -> float | None:
+    for entry in entries:
+        present = [(k, v) for k, v in entry.match if k in axis_values]
+        if present and all(_same(v, axis_values[k]) for k, v in present):
+            return entry.fid
+    return None
+
+
+def paper_lookup(table: str | None, axis_values: dict[str, str]) -> tuple[float, str] | None:
+    """(1-NFE FID, paper table) for a row with `axis_values` ({dotted key: tag string}).
+
+    An entry matches when every one of its keys that the study sweeps agrees with the row (at
+    least one key must be swept). The tagged table is searched first; for a Table 1 tag, the
+    other Table 1 ablations follow, since they share one baseline (a study mirroring 1a that
+    also sweeps the sampler finds the uniform row in 1d).
+    """
+    if not table or str(table) not in PAPER_TABLES:
+        return None
+    order = [str(table)]
+    if order[0].startswith("1"):
+        order += [t for t in PAPER_TABLES if t.startswith("1") and t != order[0]]
+    for name in order:
+        fid = _match(PAPER_TABLES[name], axis_values)
+        if fid is not None:
+            return fid, name
+    return None
+
+
+def paper_value(table: str | None, axis_values: dict[str, str]) -> float | None:
+    """The paper's 1-NFE FID for a row (see `paper_lookup`), or None."""
+    found = paper_lookup(table, axis_values)
+    return None if found is None else found[0]
+
+
+def paper_axes(table: str | None) -> set[str]:
+    """The axis keys a paper table can be matched on (empty for an unknown table)."""
+    if not table or str(table) not in PAPER_TABLES:
+        return set()
+    names = [t for t in PAPER_TABLES if t.startswith("1")] if str(table).startswith("1") else [
+        str(table)]
+    return {k for n in names for e in PAPER_TABLES[n] for k, _ in e.match}
