@@ -1,0 +1,193 @@
+"""The explicit training loop: one MeanFlow (or Flow Matching) run, no Ray and no MLflow.
+
+``train(cfg, out_dir)`` writes into out_dir: ``config.yaml``, ``checkpoint.pt`` (atomic, every
+``train.checkpoint_every`` steps and at the end), ``samples/nfe_{k}.png`` and ``.npy`` and
+``metrics.json``. Rerunning it on the same out_dir resumes from the checkpoint. Callers (the CLI,
+the Ray Tune adapter) watch progress through ``TrainHooks``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from mfsweep import checkpoint as ckpt
+from mfsweep.backbones import build_backbone
+from mfsweep.config import TrialConfig, dump_yaml
+from mfsweep.data import DataError, Dataset, load_dataset
+from mfsweep.meanflow import CFGSettings, MeanFlowLoss
+from mfsweep.viz import save_samples_png
+
+
+class TrainHooks(Protocol):
+    def on_log(self, step: int, metrics: dict[str, float]) -> None: ...
+    def on_eval(self, step: int, values: dict[str, float], num_samples: int, phase: str) -> None: ...
+    def on_checkpoint(self, step: int, path: Path) -> None: ...
+
+
+class _NoHooks:
+    def on_log(self, step, metrics): pass
+    def on_eval(self, step, values, num_samples, phase): pass
+    def on_checkpoint(self, step, path): pass
+
+
+@dataclass
+class TrainResult:
+    status: str  # "finished" | "diverged"
+    step: int
+    metrics: dict[str, float] = field(default_factory=dict)  # final "{metric}/nfe_{k}" values
+    train_time_s: float = 0.0
+    error: str | None = None
+    out_dir: str = ""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_loss(cfg: TrialConfig, dataset: Dataset) -> MeanFlowLoss:
+    mf = cfg.meanflow
+    num_classes = dataset.num_classes if cfg.data.conditional else None
+    if cfg.data.conditional and (dataset.y_train is None or dataset.num_classes is None):
+        raise DataError(f"data.conditional: dataset {dataset.name!r} has no class labels")
+    return MeanFlowLoss(
+        time_sampler=mf.time_sampler.name,
+        time_params=mf.time_sampler.model_dump(exclude={"name"}),
+        frac_r_neq_t=mf.frac_r_neq_t,
+        tangent=mf.tangent,
+        weight_power=mf.weight_power,
+        weight_eps=mf.weight_eps,
+        cfg=CFGSettings(**mf.cfg.model_dump()),
+        num_classes=num_classes,
+    )
+
+
+def build_model(cfg: TrialConfig, dataset: Dataset) -> torch.nn.Module:
+    return build_backbone(cfg.model, dataset.shape, dataset.num_classes if cfg.data.conditional else None)
+
+
+def _lr_lambda(warmup: int):
+    return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+
+
+def _comparable(cfg: TrialConfig) -> dict:
+    """The parts of a config that a checkpoint must agree with to be resumed (steps may grow)."""
+    d = cfg.model_dump()
+    for key in ("steps", "checkpoint_every", "log_every", "device", "threads"):
+        d["train"].pop(key)
+    d.pop("eval")
+    return d
+
+
+def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None, progress: bool = True) -> TrainResult:
+    """Train, checkpoint, evaluate at the end; resumes from ``out_dir/checkpoint.pt`` if present."""
+    from mfsweep.evaluate import evaluate  # the evaluation side (metrics) is imported lazily
+
+    hooks = hooks or _NoHooks()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    dataset = load_dataset(cfg.data)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, dataset).to(device)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
+    loss_fn = build_loss(cfg, dataset)
+    tc = cfg.train
+    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(tc.warmup_steps))
+    gen_batch = torch.Generator().manual_seed(cfg.seed)
+    gen_noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    (out / "config.yaml").write_text(dump_yaml(cfg))
+
+    step, train_time = 0, 0.0
+    ckpt_path = out / ckpt.CHECKPOINT_NAME
+    if ckpt_path.exists():
+        state = ckpt.load(ckpt_path)
+        if state["config"] != _comparable(cfg):
+            raise ValueError(f"{ckpt_path} was written with a different config; use a new --out or delete it")
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        gen_batch.set_state(state["gen_batch"])
+        gen_noise.set_state(state["gen_noise"].to(gen_noise.get_state().device))
+        step, train_time = int(state["step"]), float(state["train_time_s"])
+
+    def save_checkpoint() -> Path:
+        state = {"step": step, "train_time_s": train_time, "config": _comparable(cfg),
+                 "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                 "sched": sched.state_dict(), "gen_batch": gen_batch.get_state(), "gen_noise": gen_noise.get_state()}
+        path = ckpt.save_atomic(state, ckpt_path)
+        hooks.on_checkpoint(step, path)
+        return path
+
+    x_train = dataset.x_train.to(device)
+    y_train = dataset.y_train.to(device) if cfg.data.conditional else None
+    metrics = cfg.eval.metrics
+    ev = cfg.eval
+    status, error = "finished", None
+    running: list[torch.Tensor] = []
+    bar = tqdm(total=tc.steps, initial=step, desc=cfg.name, disable=not progress, dynamic_ncols=True)
+    t_start = time.perf_counter() - train_time
+    model.train()
+    while step < tc.steps:
+        idx = torch.randint(len(x_train), (tc.batch_size,), generator=gen_batch).to(device)
+        loss_vec, mon = loss_fn(model, x_train[idx], None if y_train is None else y_train[idx], generator=gen_noise)
+        loss = loss_vec.mean()
+        if not bool(torch.isfinite(loss)):  # before the update: the weights stay good
+            status, error = "diverged", f"diverged at step {step + 1}: loss is {loss.item()}"
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        sched.step()
+        ema.update_parameters(model)
+        step += 1
+        running.append(mon["mse"])
+        bar.update(1)
+        if step % tc.log_every == 0 or step == tc.steps:
+            log = {"train/loss": loss.item(), "train/mse": torch.stack(running).mean().item(),
+                   "train/lr": sched.get_last_lr()[0]}
+            running.clear()
+            bar.set_postfix(loss=f"{log['train/loss']:.4g}", mse=f"{log['train/mse']:.4g}")
+            hooks.on_log(step, log)
+        if ev.every_steps and step % ev.every_steps == 0 and step < tc.steps:
+            res = evaluate(ema.module, dataset, nfes=ev.nfe, num_samples=ev.num_samples_during, seed=ev.seed,
+                           metrics=metrics, grid=ev.grid, batch_size=ev.batch_size, device=device)
+            hooks.on_eval(step, res.flat(), ev.num_samples_during, "eval")
+            model.train()
+        if step % tc.checkpoint_every == 0 or step == tc.steps:
+            train_time = time.perf_counter() - t_start
+            save_checkpoint()
+    bar.close()
+    train_time = time.perf_counter() - t_start
+
+    result = TrainResult(status=status, step=step, train_time_s=train_time, error=error, out_dir=str(out))
+    if status == "finished":
+        res = evaluate(ema.module, dataset, nfes=ev.nfe, num_samples=ev.num_samples, seed=ev.seed,
+                       metrics=metrics, grid=ev.grid, batch_size=ev.batch_size, device=device)
+        result.metrics = res.flat()
+        if res.diverged:
+            result.status, result.error = "diverged", "evaluation produced NaN/inf samples"
+        (out / "samples").mkdir(exist_ok=True)
+        ref = dataset.x_test[:2000] if dataset.kind == "vector" else None
+        for nfe, samples in res.samples.items():
+            np.save(out / "samples" / f"nfe_{nfe}.npy", samples.numpy())
+            save_samples_png(samples, out / "samples" / f"nfe_{nfe}.png", f"{cfg.name}: NFE = {nfe}", ref)
+        hooks.on_eval(step, result.metrics, ev.num_samples, "final")
+    ckpt.write_text_atomic(out / "metrics.json", json.dumps(asdict(result), indent=2, default=str))
+    return result

@@ -1,0 +1,75 @@
+"""(t, r) samplers, time grids and the sampler's NFE accounting."""
+
+import pytest
+import torch
+
+from mfsweep.sampling import check_time_grid, make_time_grid, sample
+from mfsweep.timesteps import TIME_SAMPLERS, num_r_neq_t, sample_t_r
+
+
+@pytest.mark.parametrize("name", sorted(TIME_SAMPLERS))
+@pytest.mark.parametrize("frac", [0.0, 0.25, 0.5, 1.0])
+def test_sampler_orders_times_and_fixes_the_r_neq_t_count(name, frac):
+    params = {"mu": -0.4, "sigma": 1.0, "r_mu": -4.0, "r_sigma": 1.6}
+    t, r = sample_t_r(1000, name, params, frac, torch.Generator().manual_seed(0))
+    n = num_r_neq_t(1000, frac)
+    assert n == round(1000 * frac)
+    assert ((0 <= r) & (r <= t) & (t <= 1)).all()
+    assert (r[:n] < t[:n]).all()  # continuous draws: ties have probability 0
+    assert torch.equal(r[n:], t[n:])
+
+
+def test_logit_normal_median_is_sigmoid_mu():
+    g = torch.Generator().manual_seed(0)
+    # Both draws share LN(mu, sigma): max and min straddle the median, their pooled median is it.
+    t, r = sample_t_r(200_000, "logit_normal", {"mu": -0.4, "sigma": 1.0}, 1.0, g)
+    pooled = torch.cat([t, r])
+    assert pooled.median().item() == pytest.approx(torch.sigmoid(torch.tensor(-0.4)).item(), abs=5e-3)
+
+
+def test_separate_logit_normal_puts_r_near_zero():
+    g = torch.Generator().manual_seed(0)
+    t, r = sample_t_r(50_000, "separate_logit_normal", {"mu": -0.6, "sigma": 1.6, "r_mu": -4.0, "r_sigma": 1.6}, 1.0, g)
+    assert r.median() < 0.05 < t.median()
+
+
+def test_uniform_pair_has_the_order_statistic_means():
+    t, r = sample_t_r(200_000, "uniform", {}, 1.0, torch.Generator().manual_seed(1))
+    assert t.mean().item() == pytest.approx(2 / 3, abs=5e-3)  # E[max of two U(0,1)]
+    assert r.mean().item() == pytest.approx(1 / 3, abs=5e-3)
+
+
+def test_unknown_sampler_and_bad_fraction_are_clear_errors():
+    with pytest.raises(ValueError, match="valid: logit_normal, separate_logit_normal, uniform"):
+        sample_t_r(4, "beta", {}, 0.5)
+    with pytest.raises(ValueError, match="frac_r_neq_t must be in"):
+        sample_t_r(4, "uniform", {}, 1.5)
+
+
+def test_time_grid_and_nfe_count():
+    assert torch.allclose(make_time_grid(4), torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]))
+    calls = []
+
+    def net(z, r, t, y):
+        calls.append((r[0].item(), t[0].item()))
+        return torch.zeros_like(z)
+
+    sample(net, torch.randn(3, 2), None, make_time_grid(8))
+    assert len(calls) == 8 and calls[0] == (0.875, 1.0) and calls[-1] == (0.0, 0.125)
+    calls.clear()
+    sample(net, torch.randn(3, 2), None, torch.tensor([1.0, 0.9, 0.2, 0.0]))  # a custom grid
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize("grid", [[1.0], [0.0, 1.0], [1.0, 0.5, 0.5, 0.0], [1.5, 0.0]])
+def test_bad_custom_grids_are_rejected(grid):
+    with pytest.raises(ValueError, match="time grid"):
+        check_time_grid(torch.tensor(grid))
+
+
+def test_flow_matching_sampling_is_euler():
+    """A velocity net used by sample() is Euler: for v = −z the k-step result is (1 − 1/k)^k · e."""
+    net = lambda z, r, t, y: z  # noqa: E731   z ← z − Δ·z
+    e = torch.randn(5, 2, dtype=torch.float64)
+    out = sample(net, e, None, make_time_grid(4, dtype=torch.float64))
+    assert torch.allclose(out, e * (1 - 0.25) ** 4)

@@ -1,0 +1,101 @@
+"""The training loop: outputs, bit-exact resume, divergence handling, CLI exit codes."""
+
+import json
+
+import pytest
+import torch
+
+from mfsweep import checkpoint as ckpt
+from mfsweep.cli import main
+from mfsweep.config import load_trial_config
+from mfsweep.train import train
+
+TINY = {
+    "name": "tiny",
+    "data": {"name": "moons", "num_train": 512, "num_test": 256},
+    "model": {"hidden_dim": 16, "depth": 1},
+    "train": {"steps": 30, "batch_size": 32, "checkpoint_every": 10, "log_every": 5, "warmup_steps": 5, "device": "cpu"},
+    "eval": {"nfe": [1, 2], "num_samples": 64, "metrics": ["swd"]},
+}
+
+
+def cfg(**over):
+    raw = json.loads(json.dumps(TINY))
+    for key, value in over.items():
+        node = raw
+        *parents, leaf = key.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return load_trial_config(raw)
+
+
+def _weights(path):
+    state = ckpt.load(path / "checkpoint.pt")
+    return state["step"], state["model"], state["ema"]
+
+
+def test_outputs_and_reproducibility(tmp_path):
+    r1 = train(cfg(), tmp_path / "a", progress=False)
+    r2 = train(cfg(), tmp_path / "b", progress=False)
+    assert r1.status == "finished" and r1.step == 30
+    assert set(r1.metrics) == {"swd/nfe_1", "swd/nfe_2", "num_samples"}
+    for name in ("config.yaml", "metrics.json", "checkpoint.pt", "samples/nfe_1.png", "samples/nfe_2.npy"):
+        assert (tmp_path / "a" / name).exists(), name
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["status"] == "finished"
+    s1, m1, e1 = _weights(tmp_path / "a")
+    s2, m2, e2 = _weights(tmp_path / "b")
+    assert all(torch.equal(m1[k], m2[k]) for k in m1) and all(torch.equal(e1[k], e2[k]) for k in e1)
+    assert r1.metrics == r2.metrics
+
+
+def test_resume_is_bit_exact(tmp_path):
+    train(cfg(), tmp_path / "straight", progress=False)
+    train(cfg(train__steps=20), tmp_path / "resumed", progress=False)
+    assert _weights(tmp_path / "resumed")[0] == 20
+    train(cfg(), tmp_path / "resumed", progress=False)  # continues from step 20 to 30
+    s1, m1, e1 = _weights(tmp_path / "straight")
+    s2, m2, e2 = _weights(tmp_path / "resumed")
+    assert s1 == s2 == 30
+    assert all(torch.equal(m1[k], m2[k]) for k in m1)
+    assert all(torch.equal(e1[k], e2[k]) for k in e1)
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    train(cfg(train__steps=10), tmp_path / "x", progress=False)
+    with pytest.raises(ValueError, match="different config"):
+        train(cfg(meanflow__frac_r_neq_t=0.5), tmp_path / "x", progress=False)
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
+    # Adam moves each weight by about lr per step: lr = 1e30 overflows the network within steps.
+    c = cfg(train__lr=1e30, train__warmup_steps=0, train__grad_clip=None, train__checkpoint_every=1)
+    result = train(c, tmp_path / "d", progress=False)
+    assert result.status == "diverged"
+    assert result.error.startswith(f"diverged at step {result.step + 1}")
+    step, model, _ = _weights(tmp_path / "d")
+    assert step == result.step  # the last checkpoint is the last step whose loss was finite
+    assert json.loads((tmp_path / "d" / "metrics.json").read_text())["status"] == "diverged"
+    assert not (tmp_path / "d" / "samples").exists()
+
+
+def test_cli_train_and_exit_codes(tmp_path, capsys):
+    import yaml
+
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "run"
+    assert main(["train", str(good), "--out", str(out), "--no-progress", "--set", "train.steps=10"]) == 0
+    assert "finished at step 10" in capsys.readouterr().out
+    bad = dict(TINY, meanflow={"frac_r_neq_t": 2, "tangent": "v9"}, extra_key=1)
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    bad_out = tmp_path / "bad_run"
+    assert main(["train", str(tmp_path / "bad.yaml"), "--out", str(bad_out)]) == 2
+    err = capsys.readouterr().err
+    assert "meanflow.frac_r_neq_t" in err and "meanflow.tangent" in err and "extra_key: unknown key" in err
+    assert not bad_out.exists()  # nothing half-written
+    assert main(["train", str(good), "--out", str(bad_out), "--set", "train.stepz=3"]) == 2
+    assert "train.stepz: unknown key" in capsys.readouterr().err
+    diverging = ["--set", "train.lr=1e30", "--set", "train.grad_clip=null", "--set", "train.warmup_steps=0"]
+    assert main(["train", str(good), "--out", str(tmp_path / "div"), "--no-progress", *diverging]) == 3
+    assert "diverged at step" in capsys.readouterr().err
