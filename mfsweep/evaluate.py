@@ -1,0 +1,116 @@
+"""Metric versus NFE on the same noise (METHOD.md §7).
+
+Per-sample noise e ~ N(0, I) (and labels, for class-conditional data) is drawn once from a
+torch.Generator seeded with `seed` and reused for every NFE, so NFE=1 and NFE=4 differ only in the
+sampler. Network time ("sampling/nfe_k") and metric time ("metric/{name}/nfe_k") are timed apart.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from mfsweep.metrics import ReferenceSet, default_metrics, get_metric, make_reference
+from mfsweep.sampling import make_time_grid, sample
+
+__all__ = ["EvalResult", "evaluate", "draw_noise"]
+
+
+@dataclass
+class EvalResult:
+    """values: "{metric}/nfe_{k}" -> float; samples: nfe -> (num_samples, *shape) CPU tensor;
+    timings: seconds, "sampling/nfe_{k}" and "metric/{name}/nfe_{k}"; metadata: metric ->
+    {"extractor", "resize", "num_samples", "reference", "reference_num", ...}; diverged: any NFE
+    produced NaN/inf samples (its metric values are NaN)."""
+
+    values: dict[str, float]
+    samples: dict[int, Tensor]
+    num_samples: int
+    timings: dict[str, float] = field(default_factory=dict)
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    diverged: bool = False
+    nfes: tuple[int, ...] = ()
+
+    def flat(self) -> dict[str, float]:
+        """All metric values plus "num_samples", as plain floats (for MLflow)."""
+        return {**{k: float(v) for k, v in self.values.items()}, "num_samples": float(self.num_samples)}
+
+
+def draw_noise(shape: Sequence[int], num_samples: int, seed: int,
+               num_classes: int | None = None) -> tuple[Tensor, Tensor | None]:
+    """Seeded noise (num_samples, *shape) float32 and labels (num_samples,) int64 (or None)."""
+    g = torch.Generator().manual_seed(int(seed))
+    noise = torch.randn((num_samples, *shape), generator=g)
+    labels = None if num_classes is None else torch.randint(0, num_classes, (num_samples,), generator=g)
+    return noise, labels
+
+
+def _sync(device: Any) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def evaluate(net, dataset, *, nfes: Sequence[int] = (1, 2, 4, 8), num_samples: int = 2000, seed: int = 0,
+             metrics: Sequence[str] | None = None, grid: str = "linspace", labels: Tensor | None = None,
+             batch_size: int = 1000, device: str = "cpu", reference: ReferenceSet | None = None) -> EvalResult:
+    """Sample `num_samples` points at every NFE from the same noise and score them.
+
+    Args:
+        net: `net(z, r, t, y) -> u` (z: (B, *dataset.shape), r, t: (B,), y: (B,) or None).
+        dataset: a `mfsweep.data.Dataset` (uses name, kind, shape, num_classes and the splits).
+        metrics: names from `mfsweep.metrics.METRICS`; None -> `default_metrics(name, kind)`.
+        grid: time-grid rule for `make_time_grid`. labels: (num_samples,) int64 to condition on;
+            default: uniform labels from the seeded generator when dataset.num_classes is set.
+        reference: what to compare with; default `make_reference(dataset, device=device)`.
+    Returns:
+        EvalResult (see its docstring).
+    """
+    nfes = tuple(int(k) for k in nfes)
+    names = list(metrics) if metrics is not None else default_metrics(dataset.name, dataset.kind)
+    specs = {name: get_metric(name) for name in names}  # unknown names fail before any work
+    for spec in specs.values():
+        if dataset.kind not in spec.kinds:
+            raise ValueError(f"metric '{spec.name}' does not apply to {dataset.kind} data "
+                             f"(dataset '{dataset.name}'); it needs {sorted(spec.kinds)}")
+    ref = reference if reference is not None else make_reference(dataset, device=device)
+    meta = {name: {**spec.metadata(ref), "num_samples": num_samples} for name, spec in specs.items()}
+
+    noise, drawn = draw_noise(dataset.shape, num_samples, seed, dataset.num_classes)
+    if labels is None:
+        labels = drawn
+    elif labels.shape != (num_samples,):
+        raise ValueError(f"labels must have shape ({num_samples},), got {tuple(labels.shape)}")
+
+    was_training = getattr(net, "training", None)
+    if was_training:
+        net.eval()
+    result = EvalResult({}, {}, num_samples, nfes=nfes, metadata=meta)
+    try:
+        for k in nfes:
+            time_grid = make_time_grid(k, grid)
+            _sync(device)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                chunks = []
+                for i in range(0, num_samples, batch_size):
+                    y = None if labels is None else labels[i:i + batch_size].to(device)
+                    chunks.append(sample(net, noise[i:i + batch_size].to(device), y, time_grid.to(device)).cpu())
+            _sync(device)
+            result.timings[f"sampling/nfe_{k}"] = time.perf_counter() - t0
+            x = torch.cat(chunks) if chunks else noise[:0]
+            result.samples[k] = x
+            finite = bool(torch.isfinite(x).all())
+            result.diverged |= not finite
+            for name, spec in specs.items():
+                t0 = time.perf_counter()
+                result.values[f"{name}/nfe_{k}"] = spec(x, ref, seed=seed) if finite else math.nan
+                result.timings[f"metric/{name}/nfe_{k}"] = time.perf_counter() - t0
+    finally:
+        if was_training:
+            net.train()
+    return result

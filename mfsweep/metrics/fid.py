@@ -1,0 +1,212 @@
+"""FID (Heusel et al. 2017) and KID (Bińkowski, Sutherland, Arbel, Gretton, "Demystifying MMD GANs",
+ICLR 2018) on images, with torch-fidelity's Inception-v3 (TF-ported weights, pool3 '2048' features).
+
+Pipeline: images (N, C, H, W) float in [-1, 1] -> uint8 (round((x + 1) * 127.5)), grayscale repeated
+to 3 channels -> torch-fidelity's `FeatureExtractorInceptionV3`, which resizes to 299x299 with its
+TF1.x-compatible bilinear interpolation (recorded as RESIZE) -> (N, 2048) float32 features.
+
+Weights: `weights_path` option, else `$MFSWEEP_INCEPTION_WEIGHTS`, else torch-fidelity's own cache
+(`torch.hub.get_dir()/checkpoints/<file>`), else a download (unless disabled with option
+`allow_download=False` or `MFSWEEP_INCEPTION_DOWNLOAD=0`); otherwise `MissingWeightsError`.
+Reference statistics are cached under `cache_dir()/refstats/` per (dataset, split, extractor id,
+data fingerprint); the extractor id contains the weights' sha256 prefix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
+from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, kid_features_to_metric
+
+from mfsweep.metrics.frechet import cache_dir, feature_stats, frechet_distance
+
+if TYPE_CHECKING:
+    from mfsweep.metrics import ReferenceSet
+
+__all__ = ["MissingWeightsError", "RESIZE", "INCEPTION_URL", "resolve_inception_weights", "extractor_id",
+           "to_uint8_rgb", "extract_features", "reference_stats", "fid", "kid", "fid_metadata"]
+
+INCEPTION_URL = URL_INCEPTION_V3
+RESIZE = "torch-fidelity-tf1x-bilinear-299"
+_ENV_WEIGHTS, _ENV_DOWNLOAD = "MFSWEEP_INCEPTION_WEIGHTS", "MFSWEEP_INCEPTION_DOWNLOAD"
+_KEEP_FEATS = 20000  # reference features are stored for KID up to this many samples (or when asked)
+_SHA_MEMO: dict[tuple, str] = {}
+_EXTRACTORS: dict[tuple, FeatureExtractorInceptionV3] = {}
+
+
+class MissingWeightsError(RuntimeError):
+    """Inception-v3 weights are neither configured, cached nor downloadable."""
+
+
+def resolve_inception_weights(weights_path: str | os.PathLike | None = None,
+                              allow_download: bool | None = None) -> Path:
+    """Path of the Inception-v3 weights file (see module docstring for the search order)."""
+    hub_file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(INCEPTION_URL)
+    how = (f"download {INCEPTION_URL} and pass weights_path=... or set {_ENV_WEIGHTS}=/path/to/file, "
+           f"or place it at {hub_file} (torch-fidelity's cache)")
+    explicit = weights_path or os.environ.get(_ENV_WEIGHTS)
+    if explicit:
+        if not Path(explicit).is_file():
+            raise MissingWeightsError(f"Inception-v3 weights not found at {explicit}; {how}")
+        return Path(explicit)
+    if hub_file.is_file():
+        return hub_file
+    if allow_download is None:
+        allow_download = os.environ.get(_ENV_DOWNLOAD, "1") not in ("0", "false", "no")
+    if not allow_download:
+        raise MissingWeightsError(f"Inception-v3 weights not found and download is disabled; {how}")
+    try:
+        hub_file.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(INCEPTION_URL, str(hub_file), progress=False)
+    except Exception as e:  # no network, proxy, disk ...
+        raise MissingWeightsError(f"could not download Inception-v3 weights ({e!r}); {how}") from e
+    return hub_file
+
+
+def _sha256(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_MEMO:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _SHA_MEMO[key] = h.hexdigest()
+    return _SHA_MEMO[key]
+
+
+def extractor_id(weights: Path) -> str:
+    """E.g. 'torch-fidelity-inception-v3-compat/2048/sha256:6726825d' for the official weights."""
+    return f"torch-fidelity-inception-v3-compat/2048/sha256:{_sha256(weights)[:8]}"
+
+
+def to_uint8_rgb(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) float in [-1, 1] (C in {1, 3}) -> (N, 3, H, W) uint8 in [0, 255]."""
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"expected images (N, 1 or 3, H, W), got {tuple(x.shape)}")
+    u8 = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return u8.expand(-1, 3, -1, -1).contiguous() if u8.shape[1] == 1 else u8
+
+
+def _opts(ref: ReferenceSet | None) -> dict:
+    return dict(ref.options) if ref is not None and ref.options else {}
+
+
+def _extractor(weights: Path, device: str) -> FeatureExtractorInceptionV3:
+    key = (str(weights), _sha256(weights), str(device))
+    if key not in _EXTRACTORS:
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights))
+        _EXTRACTORS[key] = net.to(device)
+    return _EXTRACTORS[key]
+
+
+@torch.no_grad()
+def extract_features(x: torch.Tensor, *, weights_path=None, allow_download=None, batch_size: int = 64,
+                     device: str = "cpu") -> torch.Tensor:
+    """Inception pool3 features: images (N, C, H, W) in [-1, 1] -> (N, 2048) float32 on CPU."""
+    net = _extractor(resolve_inception_weights(weights_path, allow_download), device)
+    u8 = to_uint8_rgb(x)
+    out = [net(u8[i:i + batch_size].to(device))[0].cpu() for i in range(0, u8.shape[0], batch_size)]
+    return torch.cat(out)
+
+
+def _fingerprint(x: torch.Tensor) -> str:
+    """Cheap content hash: shape plus every (N // 1024)-th sample."""
+    x = x.detach().cpu()
+    h = hashlib.sha256(str((tuple(x.shape), str(x.dtype))).encode())
+    h.update(x[:: max(1, x.shape[0] // 1024)].contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def reference_stats(ref: ReferenceSet, *, need_feats: bool = False) -> dict:
+    """{"mu": (2048,), "sigma": (2048, 2048), "N": int, "extractor": str[, "feats": (N, 2048)]}.
+
+    From `ref.stats_path` (ADM-style npz with `mu`, `sigma`, optional `N`) when given and features are
+    not needed; else from `ref.x`, cached on disk so a second evaluation does not recompute them.
+    """
+    o = _opts(ref)
+    if ref.stats_path is not None and not need_feats:
+        with np.load(ref.stats_path) as z:
+            n = int(z["N"]) if "N" in z.files else -1
+            ext = str(z["extractor"]) if "extractor" in z.files else f"external-npz:{Path(ref.stats_path).name}"
+            return {"mu": z["mu"].astype(np.float64), "sigma": z["sigma"].astype(np.float64), "N": n, "extractor": ext}
+    if ref.x is None:
+        what = "KID needs reference images" if need_feats else "FID needs reference images or a stats npz"
+        raise ValueError(f"{what}; reference '{ref.name}/{ref.split}' has none")
+    weights = resolve_inception_weights(o.get("weights_path"), o.get("allow_download"))
+    ext = extractor_id(weights)
+    safe = lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "_", str(s))  # noqa: E731
+    path = cache_dir() / "refstats" / f"{safe(ref.name)}-{safe(ref.split)}-{safe(ext)}-{_fingerprint(ref.x)}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            if str(z["extractor"]) == ext and (not need_feats or "feats" in z.files):
+                keys = [k for k in z.files if need_feats or k != "feats"]
+                return {k: (z[k] if k in ("mu", "sigma", "feats") else z[k].item()) for k in keys}
+    feats = extract_features(ref.x, weights_path=weights, batch_size=o.get("batch_size", 64),
+                             device=o.get("device", "cpu"))
+    mu, sigma = feature_stats(feats)
+    stats = {"mu": mu, "sigma": sigma, "N": int(feats.shape[0]), "extractor": ext, "dataset": str(ref.name),
+             "split": str(ref.split)}
+    if need_feats or feats.shape[0] <= _KEEP_FEATS:  # KID needs them; 50k x 2048 floats are 400 MB
+        stats["feats"] = feats.numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
+    np.savez(tmp, **stats)
+    os.replace(tmp, path)
+    return stats
+
+
+def _sample_feats(samples: torch.Tensor, ref: ReferenceSet) -> torch.Tensor | None:
+    """Features of the samples (N, C, H, W); None if any sample is NaN/inf. Raises if N < 2."""
+    if samples.shape[0] < 2:
+        raise ValueError(f"need at least 2 samples for a covariance, got {samples.shape[0]}")
+    if not torch.isfinite(samples).all():
+        return None
+    o = _opts(ref)
+    return extract_features(samples, weights_path=o.get("weights_path"), allow_download=o.get("allow_download"),
+                            batch_size=o.get("batch_size", 64), device=o.get("device", "cpu"))
+
+
+def fid(samples: torch.Tensor, ref: ReferenceSet, *, seed: int = 0) -> float:
+    """FID of samples (N, C, H, W) in [-1, 1] against the reference statistics; NaN for NaN samples."""
+    feats = _sample_feats(samples, ref)
+    if feats is None:
+        return math.nan
+    stats = reference_stats(ref)
+    mu, sigma = feature_stats(feats)
+    return frechet_distance(mu, sigma, stats["mu"], stats["sigma"])
+
+
+def kid(samples: torch.Tensor, ref: ReferenceSet, *, seed: int = 0, subsets: int = 100,
+        subset_size: int = 1000) -> float:
+    """Unbiased KID (mean over `subsets` random subsets, cubic polynomial kernel) via torch-fidelity."""
+    feats = _sample_feats(samples, ref)
+    if feats is None:
+        return math.nan
+    ref_feats = torch.from_numpy(np.asarray(reference_stats(ref, need_feats=True)["feats"]))
+    size = min(subset_size, feats.shape[0], ref_feats.shape[0])
+    out = kid_features_to_metric(feats, ref_feats, kid_subsets=subsets, kid_subset_size=size,
+                                 rng_seed=int(seed), verbose=False)
+    return float(out[KEY_METRIC_KID_MEAN])
+
+
+def fid_metadata(ref: ReferenceSet) -> dict:
+    """Extractor id (with weights hash) and resize mode; resolves the weights (fails early if absent)."""
+    o = _opts(ref)
+    weights = resolve_inception_weights(o.get("weights_path"), o.get("allow_download"))
+    meta = {"extractor": extractor_id(weights), "resize": RESIZE}
+    if ref.stats_path is not None:
+        with np.load(ref.stats_path) as z:
+            meta["reference_stats"] = str(ref.stats_path)
+            meta["reference_extractor"] = str(z["extractor"]) if "extractor" in z.files else "unknown (external npz)"
+            if ref.x is None and "N" in z.files:
+                meta["reference_num"] = int(z["N"])
+    return meta
