@@ -7,7 +7,7 @@ The rest of the code never sees a raw dict: ``load_trial_config(dict) -> TrialCo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -132,6 +132,9 @@ class TrainConfig(_Strict):
 class EvalConfig(_Strict):
     nfe: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], min_length=1)
     grid: str = "linspace"
+    # Which velocity the sampler asks for: "average" u(z, r, t) jumps, "instantaneous" r = t (Euler),
+    # or "auto": instantaneous for Flow Matching runs (frac_r_neq_t = 0), average otherwise.
+    velocity: Literal["auto", "average", "instantaneous"] = "auto"
     num_samples: int = Field(2000, ge=2, description="samples for the final evaluation")
     every_steps: int = Field(0, ge=0, description="cheap evaluation period during training; 0 = end only")
     num_samples_during: int = Field(500, ge=2, description="samples for the cheap periodic evaluation")

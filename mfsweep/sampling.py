@@ -35,7 +35,7 @@ def check_time_grid(time_grid: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def sample(net, noise: Tensor, labels: Tensor | None, time_grid: Tensor) -> Tensor:
+def sample(net, noise: Tensor, labels: Tensor | None, time_grid: Tensor, *, instantaneous: bool = False) -> Tensor:
     """Integrate from noise at time_grid[0] to time_grid[-1] with len(time_grid) − 1 network calls.
 
     Args:
@@ -43,6 +43,9 @@ def sample(net, noise: Tensor, labels: Tensor | None, time_grid: Tensor) -> Tens
         noise: e ~ N(0, I), shape (B, ...). Reusing it across grids compares NFEs on the same noise.
         labels: class labels (B,) int64, or None for an unconditional model.
         time_grid: decreasing times, shape (k + 1,); NFE = k.
+
+        instantaneous: call the network with r = t (its instantaneous velocity v(z, t)): plain
+            Euler steps for a Flow Matching network, which was never trained with r ≠ t.
 
     Returns:
         Samples of the same shape as noise. With the grid [1, 0] this is x̂ = e − u(e, 0, 1).
@@ -52,5 +55,6 @@ def sample(net, noise: Tensor, labels: Tensor | None, time_grid: Tensor) -> Tens
     b = noise.shape[0]
     for i in range(grid.numel() - 1):
         t, r = grid[i], grid[i + 1]
-        z = z - (t - r) * net(z, r.expand(b), t.expand(b), labels)
+        tb = t.expand(b)
+        z = z - (t - r) * net(z, tb if instantaneous else r.expand(b), tb, labels)
     return z

@@ -76,6 +76,12 @@ def build_model(cfg: TrialConfig, dataset: Dataset) -> torch.nn.Module:
     return build_backbone(cfg.model, dataset.shape, dataset.num_classes if cfg.data.conditional else None)
 
 
+def instantaneous_sampling(cfg: TrialConfig) -> bool:
+    """Flow Matching networks (never trained with r ≠ t) are sampled with r = t: plain Euler."""
+    v = cfg.eval.velocity
+    return v == "instantaneous" or (v == "auto" and cfg.meanflow.frac_r_neq_t == 0)
+
+
 def _lr_lambda(warmup: int):
     return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
 
@@ -135,8 +141,9 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
 
     x_train = dataset.x_train.to(device)
     y_train = dataset.y_train.to(device) if cfg.data.conditional else None
-    metrics = cfg.eval.metrics
     ev = cfg.eval
+    eval_kwargs = dict(nfes=ev.nfe, seed=ev.seed, metrics=ev.metrics, grid=ev.grid, batch_size=ev.batch_size,
+                       device=device, instantaneous=instantaneous_sampling(cfg))
     status, error = "finished", None
     running: list[torch.Tensor] = []
     bar = tqdm(total=tc.steps, initial=step, desc=cfg.name, disable=not progress, dynamic_ncols=True)
@@ -166,8 +173,7 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
             bar.set_postfix(loss=f"{log['train/loss']:.4g}", mse=f"{log['train/mse']:.4g}")
             hooks.on_log(step, log)
         if ev.every_steps and step % ev.every_steps == 0 and step < tc.steps:
-            res = evaluate(ema.module, dataset, nfes=ev.nfe, num_samples=ev.num_samples_during, seed=ev.seed,
-                           metrics=metrics, grid=ev.grid, batch_size=ev.batch_size, device=device)
+            res = evaluate(ema.module, dataset, num_samples=ev.num_samples_during, **eval_kwargs)
             hooks.on_eval(step, res.flat(), ev.num_samples_during, "eval")
             model.train()
         if step % tc.checkpoint_every == 0 or step == tc.steps:
@@ -178,8 +184,7 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
 
     result = TrainResult(status=status, step=step, train_time_s=train_time, error=error, out_dir=str(out))
     if status == "finished":
-        res = evaluate(ema.module, dataset, nfes=ev.nfe, num_samples=ev.num_samples, seed=ev.seed,
-                       metrics=metrics, grid=ev.grid, batch_size=ev.batch_size, device=device)
+        res = evaluate(ema.module, dataset, num_samples=ev.num_samples, **eval_kwargs)
         result.metrics = res.flat()
         if res.diverged:
             result.status, result.error = "diverged", "evaluation produced NaN/inf samples"

@@ -73,3 +73,17 @@ def test_flow_matching_sampling_is_euler():
     e = torch.randn(5, 2, dtype=torch.float64)
     out = sample(net, e, None, make_time_grid(4, dtype=torch.float64))
     assert torch.allclose(out, e * (1 - 0.25) ** 4)
+
+
+def test_instantaneous_sampling_calls_the_network_with_r_equal_t():
+    seen = []
+
+    def net(z, r, t, y):
+        seen.append(torch.equal(r, t))
+        return torch.zeros_like(z)
+
+    sample(net, torch.randn(2, 2), None, make_time_grid(4), instantaneous=True)
+    assert seen == [True] * 4
+    seen.clear()
+    sample(net, torch.randn(2, 2), None, make_time_grid(4))
+    assert seen == [False] * 4
