@@ -14,12 +14,12 @@ from mfsweep.backbones.unet import UNet
 
 def _mlp(cfg, data_shape, num_classes) -> nn.Module:
     return MLP(data_shape, hidden_dim=cfg.hidden_dim, depth=cfg.depth, time_embedding=cfg.time_embedding,
-               num_classes=num_classes, dropout=cfg.dropout)
+               num_classes=num_classes, dropout=cfg.dropout, time_scale=cfg.time_scale)
 
 
 def _unet(cfg, data_shape, num_classes) -> nn.Module:
     return UNet(data_shape, channels=cfg.channels, channel_mult=tuple(cfg.channel_mult),
-                time_embedding=cfg.time_embedding, num_classes=num_classes, dropout=cfg.dropout)
+                time_embedding=cfg.time_embedding, num_classes=num_classes, dropout=cfg.dropout, time_scale=cfg.time_scale)
 
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {"mlp": _mlp, "unet": _unet}

@@ -35,19 +35,24 @@ def sinusoidal(x: Tensor, dim: int, scale: float = 1000.0, max_period: float = 1
 class Conditioning(nn.Module):
     """(r, t, y) → one conditioning vector (B, dim): embedded times plus an optional class."""
 
-    def __init__(self, dim: int, time_embedding: str = "t_tr", num_classes: int | None = None, freq_dim: int = 64):
+    def __init__(self, dim: int, time_embedding: str = "t_tr", num_classes: int | None = None, freq_dim: int = 64,
+                 time_scale: float = 10.0):
         super().__init__()
         if time_embedding not in TIME_EMBEDDINGS:
             raise ValueError(f"unknown time embedding {time_embedding!r}; valid: {', '.join(TIME_EMBEDDINGS)}")
         self.time_embedding = time_embedding
         self.freq_dim = freq_dim
+        # Times in [0, 1] are multiplied by time_scale before the sinusoids. The JVP differentiates
+        # through them, so a large scale (DiT's 1000) means large ∂u/∂t in the target.
+        # sinusoidal() keeps its DiT-style default of 1000 for other callers.
+        self.time_scale = time_scale
         k = len(TIME_EMBEDDINGS[time_embedding])
         self.time_mlp = nn.Sequential(nn.Linear(k * freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         # Index num_classes is the null class used by classifier-free guidance.
         self.label = nn.Embedding(num_classes + 1, dim) if num_classes else None
 
     def forward(self, r: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
-        c = self.time_mlp(sinusoidal(time_scalars(self.time_embedding, r, t), self.freq_dim))
+        c = self.time_mlp(sinusoidal(time_scalars(self.time_embedding, r, t), self.freq_dim, self.time_scale))
         if self.label is not None:
             if y is None:
                 y = torch.full((t.shape[0],), self.label.num_embeddings - 1, device=t.device, dtype=torch.long)

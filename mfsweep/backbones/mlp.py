@@ -27,11 +27,12 @@ class MLP(nn.Module):
     """``depth`` residual blocks of width ``hidden_dim``, each conditioned on (r, t, y). No norm layers."""
 
     def __init__(self, data_shape: tuple[int, ...], hidden_dim: int = 256, depth: int = 3,
-                 time_embedding: str = "t_tr", num_classes: int | None = None, dropout: float = 0.0):
+                 time_embedding: str = "t_tr", num_classes: int | None = None, dropout: float = 0.0,
+                 time_scale: float = 10.0):
         super().__init__()
         self.data_shape = tuple(data_shape)
         dim = math.prod(self.data_shape)
-        self.cond = Conditioning(hidden_dim, time_embedding, num_classes)
+        self.cond = Conditioning(hidden_dim, time_embedding, num_classes, time_scale=time_scale)
         self.inp = nn.Linear(dim, hidden_dim)
         self.blocks = nn.ModuleList([_Block(hidden_dim, dropout) for _ in range(depth)])
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden_dim, dim))

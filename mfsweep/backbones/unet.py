@@ -44,7 +44,8 @@ class UNet(nn.Module):
     """Levels of ``channels × channel_mult[i]``, one residual block each, 2× down/up-sampling."""
 
     def __init__(self, data_shape: tuple[int, ...], channels: int = 32, channel_mult: tuple[int, ...] = (1, 2),
-                 time_embedding: str = "t_tr", num_classes: int | None = None, dropout: float = 0.0):
+                 time_embedding: str = "t_tr", num_classes: int | None = None, dropout: float = 0.0,
+                 time_scale: float = 10.0):
         super().__init__()
         if len(data_shape) != 3:
             raise ValueError(f"the unet backbone takes images (C, H, W), got per-sample shape {data_shape}")
@@ -53,7 +54,7 @@ class UNet(nn.Module):
         if h % factor or w % factor:
             raise ValueError(f"image size {h}x{w} must be divisible by {factor} for channel_mult {channel_mult}")
         cond_dim = 4 * channels
-        self.cond = Conditioning(cond_dim, time_embedding, num_classes)
+        self.cond = Conditioning(cond_dim, time_embedding, num_classes, time_scale=time_scale)
         self.inp = nn.Conv2d(cin, channels, 3, padding=1)
         widths = [channels * m for m in channel_mult]
         self.down = nn.ModuleList()
