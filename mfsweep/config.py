@@ -179,7 +179,7 @@ def _dotted(loc: tuple) -> str:
     return ".".join(str(p) for p in loc)
 
 
-def _errors(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+def validation_errors(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
     out = []
     for err in exc.errors():
         path = _dotted(err["loc"])
@@ -199,7 +199,7 @@ def load_trial_config(raw: dict[str, Any], prefix: str = "", source: str = "conf
     try:
         return TrialConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_errors(exc, prefix), source) from None
+        raise ConfigError(validation_errors(exc, prefix), source) from None
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -130,9 +130,12 @@ def fd_digits(samples: torch.Tensor, ref: ReferenceSet, *, seed: int = 0) -> flo
     """Fréchet distance between classifier features of `samples` (N, 1, 8, 8) and the reference.
 
     The reference is `ref.x` when given, else the digits split named by `ref.split` (default train).
-    NaN samples give NaN; fewer than 2 samples raise ValueError.
+    Samples are clamped to the pixel range [-1, 1] first, as any image is before it is shown or
+    scored (FID's uint8 conversion does the same); without it, guided samples that overshoot the
+    range are scored on pixel values no digit has. NaN samples give NaN; fewer than 2 samples raise
+    ValueError.
     """
     ref_x = ref.x if ref.x is not None else digits_split(ref.split or "train")[0]
-    mu1, s1 = feature_stats(digits_features(samples))
+    mu1, s1 = feature_stats(digits_features(samples.clamp(-1, 1)))
     mu2, s2 = feature_stats(digits_features(ref_x))
     return frechet_distance(mu1, s1, mu2, s2)

@@ -1,0 +1,68 @@
+"""Sweep efficiency of a study on Ray Tune: how much of the machine's time goes into training.
+
+    python benchmarks/sweep_efficiency.py [STUDY.yaml] [--set KEY=VALUE ...] [--num-cpus N]
+
+Runs the study from scratch (a fresh execution in a temporary storage folder and SQLite store,
+unless --storage / --tracking-uri are given) and prints one JSON object:
+
+    wall_s          Tuner.fit wall time (trials only)
+    total_wall_s    the whole command: Ray start, MLflow setup, trials, summary
+    sum_train_s     Σ over trials of time/train_s (each trial's training loop, evaluation excluded)
+    slots           trials that can run at once (CPU / per-trial CPU, max_concurrent_trials)
+    efficiency      sum_train_s / (wall_s × slots): 1.0 would mean every slot trains all the time;
+                    the rest is worker start-up, evaluation, checkpoints, reports and idle slots
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("study", nargs="?", default=str(ROOT / "studies" / "rt_sampling.yaml"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="study override")
+    ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    ap.add_argument("--storage", default=None, help="Ray storage (default: a temporary folder)")
+    ap.add_argument("--tracking-uri", default=None, help="MLflow URI (default: a temporary SQLite file)")
+    args = ap.parse_args(argv)
+
+    from mfsweep.plan import make_plan
+    from mfsweep.runner import run_plan
+    from mfsweep.study import load_study
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="sweep-eff-") as tmp:
+        overrides = [f"storage={args.storage or os.path.join(tmp, 'ray')}", *args.set]
+        study, text = load_study(args.study, overrides)
+        plan = make_plan(study)
+        uri = args.tracking_uri or f"sqlite:///{tmp}/mlflow.db"
+        outcome = run_plan(plan, text, tracking_uri=uri, restart=True, num_cpus=args.num_cpus)
+    total = time.perf_counter() - t0
+    train_s = [r["time/train_s"] for r in outcome.rows if r.get("time/train_s") is not None]
+    statuses = [r["status"] for r in outcome.rows]
+    result = {
+        "study": study.name, "trials": len(outcome.rows),
+        "finished": statuses.count("finished"), "slots": outcome.slots,
+        "wall_s": round(outcome.wall_s, 1), "total_wall_s": round(total, 1),
+        "sum_train_s": round(sum(train_s), 1),
+        "mean_train_s": round(sum(train_s) / max(1, len(train_s)), 1),
+        "efficiency": round(sum(train_s) / (outcome.wall_s * outcome.slots), 3) if outcome.wall_s else None,
+        "cpus": os.cpu_count(), "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+    print(json.dumps(result, indent=2))
+    return 0 if outcome.rows and not outcome.failed and not outcome.interrupted else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

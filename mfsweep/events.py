@@ -1,0 +1,133 @@
+"""Tune trial events on the driver → MLflow (``StudyTracker``) and a one-line console log.
+
+Tune pickles its callbacks with the experiment, and ``Tuner.restore`` brings back those copies.
+The callback is therefore a stateless forwarder to the live ``StudyEvents`` of this process
+(``mfsweep.runner._EVENTS``), so a resumed study logs through fresh MLflow clients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+
+from ray.tune import Callback
+
+from mfsweep.plan import StudyPlan, TrialSpec
+from mfsweep.tracking import StudyTracker
+from mfsweep.tune import trial_of
+
+
+def error_summary(trace: str) -> str:
+    """The last ``SomeError: message`` line of a Ray error trace (or its last line)."""
+    lines = [ln.strip() for ln in (trace or "").splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b", line):
+            return line
+    return lines[-1] if lines else "unknown error"
+
+
+class StudyEvents:
+    """What to do when a trial starts, reports, completes or fails."""
+
+    def __init__(self, plan: StudyPlan, tracker: StudyTracker, console=None):
+        self.plan, self.tracker, self.console = plan, tracker, console
+        self._specs: dict[str, TrialSpec] = {}
+
+    def spec(self, trial) -> TrialSpec:
+        name = str(trial)
+        if name not in self._specs:
+            self._specs[name] = trial_of(self.plan, trial.config, name)
+        return self._specs[name]
+
+    def _say(self, text: str) -> None:
+        if self.console is not None:
+            self.console.print(text, highlight=False)
+
+    def on_trial_start(self, trial) -> None:
+        spec = self.spec(trial)
+        self.tracker.trial_started(spec)
+        self._say(f"[dim]started[/]  {spec.trial_id}")
+
+    def on_trial_result(self, trial, result: dict) -> None:
+        self.tracker.trial_result(self.spec(trial), result)
+
+    def on_trial_complete(self, trial) -> None:
+        spec, last = self.spec(trial), dict(trial.last_result or {})
+        if last.get("phase") == "final":
+            status, error = last.get("status", "finished"), last.get("error", "")
+        else:  # stopped early by the scheduler
+            status, error = "stopped", ""
+        with _outputs(trial, last) as outputs:
+            self.tracker.trial_complete(spec, last, outputs, status, error)
+        value = last.get(self.plan.metric) if self.plan.metric else None
+        shown = f"  {self.plan.metric}={value:.4g}" if isinstance(value, float) else ""
+        colour = {"finished": "green", "stopped": "yellow"}.get(status, "red")
+        secs = last.get("time/train_s")
+        self._say(f"[{colour}]{status}[/] {spec.trial_id}{shown}" + (f"  ({secs:.0f} s)" if secs else "")
+                  + (f"  {error}" if error else ""))
+
+    def on_trial_error(self, trial) -> None:
+        spec = self.spec(trial)
+        trace = ""
+        with contextlib.suppress(Exception):  # the driver-side copy is written first; storage later
+            local = trial.error_file
+            trace = Path(local).read_text() if local and Path(local).is_file() else str(trial.get_error() or "")
+        error = error_summary(trace)
+        self.tracker.trial_failed(spec, error, trace)
+        self._say(f"[red]failed[/]   {spec.trial_id}  {error}")
+
+    def rows(self) -> list[dict]:
+        """One row per child run, from MLflow (it also knows trials finished before a resume)."""
+        metric = self.plan.metric
+        out = []
+        for run in self.tracker.children():
+            tags, metrics = run.data.tags, run.data.metrics
+            out.append({"trial_id": tags.get("mfsweep.trial_id", run.info.run_name),
+                        "status": tags.get("mfsweep.status", "running"), "error": tags.get("mfsweep.error", ""),
+                        **{f"axis.{k[5:]}": v for k, v in tags.items() if k.startswith("axis.")},
+                        f"final/{metric}": metrics.get(f"final/{metric}"),
+                        "time/train_s": metrics.get("time/train_s"), "run_id": run.info.run_id})
+        return sorted(out, key=lambda r: r["trial_id"])
+
+
+@contextlib.contextmanager
+def _outputs(trial, last: dict):
+    """A local folder with the trial's outputs: its last Tune checkpoint, else its out_dir."""
+    ckpt = trial.checkpoint
+    if ckpt is not None and last.get("phase") == "final":
+        with ckpt.as_directory() as d:
+            if (Path(d) / "config.yaml").exists():
+                yield Path(d)
+                return
+    out = Path(last.get("out_dir", "")) if last.get("out_dir") else None
+    yield out if out is not None and out.is_dir() else None
+
+
+class ForwardingCallback(Callback):
+    """Tune callback with no state of its own: forwards to the live StudyEvents (or does nothing)."""
+
+    def _events(self) -> StudyEvents | None:
+        from mfsweep.runner import _EVENTS
+
+        return _EVENTS.get("events")
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if (ev := self._events()) is not None:
+            ev.on_trial_start(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if (ev := self._events()) is not None:
+            ev.on_trial_result(trial, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if (ev := self._events()) is not None:
+            ev.on_trial_complete(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if (ev := self._events()) is not None:
+            ev.on_trial_error(trial)
+
+
+def forwarding_callback() -> ForwardingCallback:
+    return ForwardingCallback()

@@ -1,0 +1,196 @@
+"""Run a study plan: start (or join) Ray, open the MLflow parent run, run or resume the Tune
+experiment, and return what happened to every trial.
+
+Storage layout (``storage.path``, default ./runs/ray)::
+
+    <storage>/<study>/execution.json      which execution a rerun resumes (id, study fingerprint)
+    <storage>/<study>/<execution id>/     the Ray Tune experiment (trial folders, checkpoints)
+
+A rerun of the same study resumes the execution named in execution.json; ``--restart`` starts a new
+one (new parent run, fresh Ray experiment; the old folders are kept).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mfsweep.config import ConfigError
+from mfsweep.plan import StudyPlan
+from mfsweep.tracking import StudyTracker
+
+#: Tune's own console output off (mfsweep prints one line per trial event instead).
+QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+TERMINAL = ("finished", "failed", "diverged", "stopped")
+_EVENTS: dict[str, Any] = {}  # the live event handler, looked up by the (pickled) Tune callback
+
+
+@dataclass
+class RunOutcome:
+    execution_id: str
+    parent_run_id: str
+    tracking_uri: str
+    experiment_path: str
+    resumed: bool
+    interrupted: bool
+    wall_s: float
+    slots: int
+    rows: list[dict] = field(default_factory=list)  # one per trial: trial_id, status, error, metric, time
+
+    @property
+    def failed(self) -> list[dict]:
+        return [r for r in self.rows if r["status"] in ("failed", "diverged")]
+
+
+# ---- storage ---------------------------------------------------------------------------------------
+def storage_root(path: str) -> str:
+    """Absolute local path, or the URI as given (s3://, gs://, ...)."""
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def _fs(path: str):
+    from pyarrow import fs
+
+    if "://" in path:
+        return fs.FileSystem.from_uri(path)
+    return fs.LocalFileSystem(), path
+
+
+def read_execution(study_dir: str) -> dict | None:
+    filesystem, root = _fs(study_dir)
+    target = f"{root}/execution.json"
+    if filesystem.get_file_info(target).type.name == "NotFound":
+        return None
+    with filesystem.open_input_stream(target) as f:
+        return json.loads(f.read().decode())
+
+
+def write_execution(study_dir: str, state: dict) -> None:
+    filesystem, root = _fs(study_dir)
+    filesystem.create_dir(root, recursive=True)
+    with filesystem.open_output_stream(f"{root}/execution.json") as f:
+        f.write(json.dumps(state, indent=2).encode())
+
+
+def check_storage(storage: str, shared: bool, address: str | None, tracking_uri: str, nodes: int) -> None:
+    """On a multi-node cluster every node must see the storage path (and Ray Client runs Tune on
+    the head node, so a local SQLite tracking store would live there)."""
+    errors = []
+    local = "://" not in storage
+    if address and address.startswith("ray://"):
+        if local and not shared:
+            errors.append(("storage.path", f"{storage!r} is a local path but Ray Client ({address}) runs Tune on the "
+                                           "cluster: use a URI (s3://, gs://) or a shared mount with storage.shared: true"))
+        if not tracking_uri.startswith(("http://", "https://", "databricks")):
+            errors.append(("tracking.uri", f"with Ray Client use a tracking server (http://...), not {tracking_uri}"))
+    elif nodes > 1 and local and not shared:
+        errors.append(("storage.path", f"{storage!r} is a local path but the Ray cluster has {nodes} nodes: use a "
+                                       "URI (s3://, gs://) or a path every node mounts and set storage.shared: true "
+                                       "(see docs/cluster.md)"))
+    if errors:
+        raise ConfigError(errors, "storage")
+
+
+# ---- Ray -------------------------------------------------------------------------------------------
+def init_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Join ``address`` or start a quiet local Ray. Returns True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
+    if address:
+        ray.init(address=address, **quiet)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **quiet)
+    return True
+
+
+def _alive_nodes() -> int:
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def _slots(plan: StudyPlan, max_concurrent: int | None) -> int:
+    import ray
+
+    res = plan.study.resources
+    total = ray.cluster_resources()
+    fit = int(total.get("CPU", 1) // res.cpu)
+    if res.gpu:
+        fit = min(fit, int(total.get("GPU", 0) // res.gpu))
+    limit = max_concurrent or plan.study.max_concurrent_trials
+    n = len(plan.trials) or plan.study.search.num_samples
+    return max(1, min(fit, limit or fit, n))
+
+
+# ---- the run ---------------------------------------------------------------------------------------
+def run_plan(plan: StudyPlan, study_text: str, *, tracking_uri: str, address: str | None = None,
+             max_concurrent: int | None = None, restart: bool = False, num_cpus: int | None = None,
+             resolved_yaml: str | None = None, console=None) -> RunOutcome:
+    """Run (or resume) the study; trial failures are recorded, not raised."""
+    from mfsweep.events import StudyEvents, forwarding_callback
+    from mfsweep.tune import make_tuner, restore_tuner
+
+    study = plan.study
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    storage = storage_root(study.storage.path)
+    study_dir = f"{storage}/{study.name}"
+    started = init_ray(address, num_cpus)
+    try:
+        check_storage(storage, study.storage.shared, address, tracking_uri, _alive_nodes())
+        fingerprint = plan.fingerprint()
+        state = None if restart else read_execution(study_dir)
+        if state and state.get("fingerprint") != fingerprint:
+            raise ConfigError([("", f"the study changed since execution {state['execution_id']} in {study_dir}; "
+                                    "rerun with --restart to start a new execution")], f"study {study.name}")
+        resumed = state is not None
+        execution_id = state["execution_id"] if state else time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        tracker = StudyTracker(tracking_uri, plan)
+        parent_id, _ = tracker.open_parent(execution_id, study_text, resolved_yaml)
+        write_execution(study_dir, {"execution_id": execution_id, "fingerprint": fingerprint, "study": study.name,
+                                    "parent_run_id": parent_id, "tracking_uri": tracking_uri,
+                                    "created": (state or {}).get("created", time.strftime("%Y-%m-%dT%H:%M:%S"))})
+        events = StudyEvents(plan, tracker, console)
+        _EVENTS["events"] = events
+        exp_path = f"{study_dir}/{execution_id}"
+        from ray import tune
+
+        if resumed and tune.Tuner.can_restore(exp_path):
+            tuner = restore_tuner(plan, exp_path)
+        else:
+            tuner = make_tuner(plan, study_dir, execution_id, [forwarding_callback()], max_concurrent)
+        slots = _slots(plan, max_concurrent)
+        t0 = time.perf_counter()
+        interrupted = False
+        try:
+            tuner.fit()
+        except KeyboardInterrupt:
+            interrupted = True
+        except Exception:
+            tracker.close_parent("FAILED", [])
+            raise
+        wall = time.perf_counter() - t0
+        tracker.flush()
+        rows = events.rows()
+        expected = len(plan.trials) or study.search.num_samples
+        interrupted = interrupted or sum(r["status"] in TERMINAL for r in rows) < expected
+        if interrupted:
+            tracker.mark_unfinished_stopped()
+            rows = events.rows()
+        tracker.close_parent("KILLED" if interrupted else "FINISHED", rows)
+        return RunOutcome(execution_id, parent_id, tracking_uri, exp_path, resumed, interrupted, wall, slots, rows)
+    finally:
+        _EVENTS.pop("events", None)
+        if started:
+            import ray
+
+            ray.shutdown()
