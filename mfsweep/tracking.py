@@ -207,7 +207,7 @@ class StudyTracker:
         tags = [RunTag("mfsweep.status", status)]
         if error:
             tags.append(RunTag("mfsweep.error", error[:MAX_TAG]))
-        tags += self._metric_tags(result)
+        tags += self._metric_tags(result, outputs)
         self.client.log_batch(rid, metrics=metrics, tags=tags)
         if outputs is not None:
             for name in ("config.yaml", "metrics.json"):
@@ -219,15 +219,21 @@ class StudyTracker:
         if status == "finished":
             self._done.add(rid)
 
-    def _metric_tags(self, result: dict) -> list[RunTag]:
+    def _metric_tags(self, result: dict, outputs: Path | None = None) -> list[RunTag]:
+        """metric.<name>.{extractor,resize,num_samples}; the trial's metrics.json has the exact
+        extractor id (with the weights' hash), the registry's static name is the fallback."""
         from mfsweep.metrics import METRICS
 
         names = {k.split("/")[1] for k in result if k.startswith("final/") and k.count("/") == 2}
         n = result.get("final/num_samples")
+        meta: dict = {}
+        if outputs is not None and (outputs / "metrics.json").is_file():
+            meta = json.loads((outputs / "metrics.json").read_text()).get("metric_metadata") or {}
         tags = []
         for name in sorted(names & set(METRICS)):
-            spec = METRICS[name]
-            tags += [RunTag(f"metric.{name}.extractor", spec.extractor), RunTag(f"metric.{name}.resize", spec.resize)]
+            spec, m = METRICS[name], meta.get(name, {})
+            tags += [RunTag(f"metric.{name}.extractor", str(m.get("extractor", spec.extractor))),
+                     RunTag(f"metric.{name}.resize", str(m.get("resize", spec.resize)))]
             if n is not None:
                 tags.append(RunTag(f"metric.{name}.num_samples", str(int(n))))
         return tags

@@ -44,6 +44,8 @@ class TrainResult:
     status: str  # "finished" | "diverged"
     step: int
     metrics: dict[str, float] = field(default_factory=dict)  # final "{metric}/nfe_{k}" values
+    # metric -> {"extractor", "resize", "reference", "num_samples", ...} (weights hash included)
+    metric_metadata: dict[str, dict] = field(default_factory=dict)
     train_time_s: float = 0.0
     error: str | None = None
     out_dir: str = ""
@@ -186,6 +188,7 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
     if status == "finished":
         res = evaluate(ema.module, dataset, num_samples=ev.num_samples, **eval_kwargs)
         result.metrics = res.flat()
+        result.metric_metadata = res.metadata
         if res.diverged:
             result.status, result.error = "diverged", "evaluation produced NaN/inf samples"
         (out / "samples").mkdir(exist_ok=True)

@@ -32,7 +32,8 @@ def _outputs(tmp_path, spec):
     out = tmp_path / "out" / spec.trial_id
     (out / "samples").mkdir(parents=True)
     (out / "config.yaml").write_text(f"name: {spec.trial_id}\n")
-    (out / "metrics.json").write_text(json.dumps({"status": "finished"}))
+    meta = {"swd": {"extractor": "identity/projections=256", "resize": "none", "num_samples": 64}}
+    (out / "metrics.json").write_text(json.dumps({"status": "finished", "metric_metadata": meta}))
     np.save(out / "samples" / "nfe_1.npy", np.zeros((4, 2), np.float32))
     (out / "samples" / "nfe_1.png").write_bytes(b"\x89PNG fake")
     return out
@@ -70,7 +71,7 @@ def test_parent_and_children_follow_the_schema(setup):
     assert child.info.run_name == spec.trial_id == "t001-frac_r_neq_t=0.0-time_sampler=logit_normal-seed=0"
     assert ct["mlflow.parentRunId"] == parent and ct["mfsweep.role"] == "trial" and ct["mfsweep.status"] == "finished"
     assert ct["axis.meanflow.frac_r_neq_t"] == "0.0" and ct["axis.meanflow.time_sampler.name"] == "logit_normal"
-    assert ct["axis.seed"] == "0" and ct["metric.swd.extractor"] == "identity" and ct["metric.swd.num_samples"] == "64"
+    assert ct["axis.seed"] == "0" and ct["metric.swd.extractor"] == "identity/projections=256" and ct["metric.swd.num_samples"] == "64"
     assert child.data.params["meanflow.frac_r_neq_t"] == "0.0" and child.data.params["train.steps"] == "100"
     assert [m.step for m in client.get_metric_history(rid, "train/loss")] == [20, 40]
     assert [(m.step, m.value) for m in client.get_metric_history(rid, "eval/swd/nfe_1")] == [(40, 0.5)]

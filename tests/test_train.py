@@ -42,7 +42,9 @@ def test_outputs_and_reproducibility(tmp_path):
     assert set(r1.metrics) == {"swd/nfe_1", "swd/nfe_2", "num_samples"}
     for name in ("config.yaml", "metrics.json", "checkpoint.pt", "samples/nfe_1.png", "samples/nfe_2.npy"):
         assert (tmp_path / "a" / name).exists(), name
-    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["status"] == "finished"
+    saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert saved["status"] == "finished"
+    assert saved["metric_metadata"]["swd"]["num_samples"] == 64 and saved["metric_metadata"]["swd"]["extractor"]
     s1, m1, e1 = _weights(tmp_path / "a")
     s2, m2, e2 = _weights(tmp_path / "b")
     assert all(torch.equal(m1[k], m2[k]) for k in m1) and all(torch.equal(e1[k], e2[k]) for k in e1)
