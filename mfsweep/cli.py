@@ -29,15 +29,6 @@ def _cmd_train(args) -> int:
     return EXIT_OK
 
 
-def _add_study_commands(sub) -> None:
-    """`validate`, `run`, `report` and `ui` live with the study runner and analysis modules."""
-    try:
-        from mfsweep import study_cli
-    except ImportError:
-        return
-    study_cli.add_commands(sub)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mfsweep", description="MeanFlow ablation studies on Ray Tune and MLflow")
     sub = p.add_subparsers(dest="command", required=True)
@@ -47,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="output folder (default runs/<name>); rerun to resume")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
-    _add_study_commands(sub)
+    from mfsweep import study_cli  # validate, run, report, ui
+
+    study_cli.add_commands(sub)
     return p
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
 import yaml
 from rich.console import Console
@@ -123,14 +122,10 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_report(args) -> int:
+    from analysis.report import write_report  # analysis/ ships in the same distribution
     from mfsweep.study import load_study
     from mfsweep.tracking import resolve_tracking_uri
 
-    try:
-        from analysis.report import write_report
-    except ImportError as exc:
-        print(f"error: the analysis package is not available ({exc})", file=sys.stderr)
-        return EXIT_INTERNAL
     study, _ = load_study(args.study, args.set)
     uri = resolve_tracking_uri(args.tracking_uri, study.tracking.uri)
     files = write_report(study.name, tracking_uri=uri, out_dir=args.out, experiment=study.experiment)
@@ -141,13 +136,9 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_ui(args) -> int:
+    from analysis.ui import ui_command
     from mfsweep.tracking import resolve_tracking_uri
 
-    try:
-        from analysis.ui import ui_command
-    except ImportError as exc:
-        print(f"error: the analysis package is not available ({exc})", file=sys.stderr)
-        return EXIT_INTERNAL
     study_uri = None
     if args.study:
         from mfsweep.study import load_study
