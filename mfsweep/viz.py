@@ -26,8 +26,9 @@ def save_samples_png(samples: Tensor, path: str | Path, title: str = "", referen
             ax.scatter(ref[:, 0], ref[:, 1], s=2, c="0.8", label="data")
         finite = np.isfinite(x).all(axis=1)
         ax.scatter(x[finite, 0], x[finite, 1], s=2, c="tab:blue", label="samples")
-        ax.set_xlim(-5, 5)
-        ax.set_ylim(-5, 5)
+        lim = 5.0 if reference is None else float(np.abs(ref).max()) * 1.05  # the data's extent
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
         ax.set_aspect("equal")
         ax.legend(loc="upper right", markerscale=4, fontsize=7)
     else:

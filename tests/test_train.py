@@ -101,3 +101,20 @@ def test_cli_train_and_exit_codes(tmp_path, capsys):
     diverging = ["--set", "train.lr=1e30", "--set", "train.grad_clip=null", "--set", "train.warmup_steps=0"]
     assert main(["train", str(good), "--out", str(tmp_path / "div"), "--no-progress", *diverging]) == 3
     assert "diverged at step" in capsys.readouterr().err
+
+
+def test_brief_two_gaussian_demo_puts_both_modes_in_place_at_one_step(tmp_path):
+    """The brief's toy, done right: 1-NFE samples split evenly between ±(3, 3)."""
+    from mfsweep.config import load_config_file
+
+    c = load_config_file("studies/configs/seed_toy.yaml", [  # the shipped config, 2000 steps
+        "eval.nfe=[1]", "eval.num_samples=1000", "eval.metrics=[swd]", "train.device=cpu"])
+    result = train(c, tmp_path, progress=False)
+    assert result.status == "finished"
+    import numpy as np
+
+    x = torch.as_tensor(np.load(tmp_path / "samples" / "nfe_1.npy"))
+    upper = x.sum(1) > 0
+    assert 0.35 < upper.float().mean() < 0.65
+    assert torch.allclose(x[upper].mean(0), torch.tensor([3.0, 3.0]), atol=0.5)
+    assert torch.allclose(x[~upper].mean(0), torch.tensor([-3.0, -3.0]), atol=0.5)
