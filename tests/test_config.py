@@ -61,6 +61,6 @@ def test_flatten_gives_dotted_scalars():
     assert all(not isinstance(v, (dict, list)) for v in flat.values())
 
 
-@pytest.mark.parametrize("name", ["checkerboard", "seed_toy", "digits"])
+@pytest.mark.parametrize("name", ["checkerboard", "seed_toy", "digits", "digits_cfg"])
 def test_shipped_configs_validate(name):
     load_config_file(f"studies/configs/{name}.yaml")
