@@ -176,8 +176,7 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
             hooks.on_log(step, log)
         if ev.every_steps and step % ev.every_steps == 0 and step < tc.steps:
             res = evaluate(ema.module, dataset, num_samples=ev.num_samples_during, **eval_kwargs)
-            hooks.on_eval(step, res.flat(), ev.num_samples_during, "eval")
-            model.train()
+            hooks.on_eval(step, res.flat(), ev.num_samples_during, "eval")  # EMA copy: model stays in train mode
         if step % tc.checkpoint_every == 0 or step == tc.steps:
             train_time = time.perf_counter() - t_start
             save_checkpoint()
