@@ -3,8 +3,9 @@
     python benchmarks/step_cost.py --json
 
 For each backbone (the MLP on 2-D data, the small U-Net on 8×8 digits) it times a full optimizer
-step (loss, backward, Adam) for MeanFlow at 25% r ≠ t and for Flow Matching (0%), alternating the
-two so that machine noise hits both alike, and prints the median step times, their ratio and the
+step (loss, backward, Adam) for MeanFlow at 25% r ≠ t (u from the JVP's primal output, and with
+meanflow.u_from = "forward") and for Flow Matching (0%), alternating them so that machine noise
+hits all alike, and prints the median step times, their ratio and the
 ratio of peak memory. Peak memory is CUDA's max_memory_allocated on a GPU; on a CPU it is the bytes
 autograd saves for the backward pass (the activation memory that dominates the peak), counted
 with saved_tensors_hooks. The paper reports a MeanFlow/FM step ratio of 1.16 (JAX, TPU).
@@ -73,8 +74,9 @@ def measure(name: str, device: torch.device, iters: int, warmup: int, frac: floa
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     x = torch.randn(s["batch"], *s["shape"], device=device)
     gen = torch.Generator(device=device).manual_seed(0)
-    losses = {"fm": MeanFlowLoss(frac_r_neq_t=0.0), "mf": MeanFlowLoss(frac_r_neq_t=frac)}
-    times = {"fm": [], "mf": []}
+    losses = {"fm": MeanFlowLoss(frac_r_neq_t=0.0), "mf": MeanFlowLoss(frac_r_neq_t=frac),
+              "mf_fwd": MeanFlowLoss(frac_r_neq_t=frac, u_from="forward")}
+    times = {k: [] for k in losses}
     for i in range(warmup + iters):
         for key, loss_fn in losses.items():
             _sync(device)
@@ -83,11 +85,13 @@ def measure(name: str, device: torch.device, iters: int, warmup: int, frac: floa
             _sync(device)
             if i >= warmup:
                 times[key].append(time.perf_counter() - t0)
-    fm_ms = 1e3 * statistics.median(times["fm"])
-    mf_ms = 1e3 * statistics.median(times["mf"])
+    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
     mem = {k: _peak_bytes(net, opt, fn, x, gen, device) for k, fn in losses.items()}
-    return {"fm_ms": round(fm_ms, 3), "mf_ms": round(mf_ms, 3), "ratio": round(mf_ms / fm_ms, 3),
-            "mem_ratio": round(mem["mf"] / mem["fm"], 3), "batch": s["batch"],
+    return {"fm_ms": round(ms["fm"], 3), "mf_ms": round(ms["mf"], 3), "ratio": round(ms["mf"] / ms["fm"], 3),
+            "mem_ratio": round(mem["mf"] / mem["fm"], 3),
+            # meanflow.u_from = "forward": no-grad JVP for the target, one plain forward for u
+            "mf_forward_ms": round(ms["mf_fwd"], 3), "forward_ratio": round(ms["mf_fwd"] / ms["fm"], 3),
+            "forward_mem_ratio": round(mem["mf_fwd"] / mem["fm"], 3), "batch": s["batch"],
             "mem_method": "cuda_max_allocated" if device.type == "cuda" else "autograd_saved_bytes"}
 
 

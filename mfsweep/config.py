@@ -106,6 +106,9 @@ class MeanFlowConfig(_Strict):
     weight_power: float = Field(1.0, ge=0, description="adaptive weight power p; 0 = plain L2")
     weight_eps: float = Field(1e-3, gt=0, description="adaptive weight constant c")
     cfg: CFGConfig = Field(default_factory=CFGConfig)
+    # "jvp": u is the JVP's primal output (METHOD.md §2). "forward": the JVP only makes the target
+    # (no_grad) and one plain forward gives u: same gradients, less memory (needs dropout 0).
+    u_from: Literal["jvp", "forward"] = "jvp"
 
     _tangent = field_validator("tangent")(lambda v: _one_of(v, TANGENTS, "tangent"))
 
@@ -170,6 +173,9 @@ class TrialConfig(_Strict):
         cfg = self.meanflow.cfg
         if (cfg.omega != 1.0 or cfg.kappa != 0.0) and not self.data.conditional:
             raise ValueError("meanflow.cfg: guidance (omega ≠ 1 or kappa ≠ 0) needs data.conditional: true")
+        if self.meanflow.u_from == "forward" and self.model.dropout > 0:
+            raise ValueError("meanflow.u_from: 'forward' needs model.dropout: 0 (the JVP and the forward pass "
+                             "would draw different dropout masks); use 'jvp'")
         if self.model.backbone == "unet" and self.data.name in TOYS:
             raise ValueError(f"model.backbone: unet needs image data, but data.name {self.data.name!r} is 2-D vectors")
         return self

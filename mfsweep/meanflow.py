@@ -106,6 +106,7 @@ class MeanFlowLoss:
         cfg: CFGSettings | None = None,
         num_classes: int | None = None,
         jvp_subset: bool = True,
+        u_from: str = "jvp",
     ):
         _tangent(tangent)
         num_r_neq_t(1, frac_r_neq_t)  # range check
@@ -120,6 +121,14 @@ class MeanFlowLoss:
         # Rows with r = t have target v exactly (the JVP term is multiplied by t − r = 0), so the
         # JVP runs on the r ≠ t rows only. jvp_subset=False runs it on every row (same loss).
         self.jvp_subset = jvp_subset
+        # Where u (the prediction that gets gradients) comes from: "jvp", the JVP's primal output
+        # (METHOD.md §2; autograd also records the tangent computation), or "forward": the JVP runs
+        # under no_grad for the target only and one ordinary forward of the whole batch gives u.
+        # Same loss and gradients without dropout; less activation memory, one more forward of
+        # the r ≠ t rows. With dropout the two passes would draw different masks.
+        if u_from not in ("jvp", "forward"):
+            raise ValueError(f"unknown u_from {u_from!r}; valid: jvp, forward")
+        self.u_from = u_from
 
     def _guided_velocity(self, net, z: Tensor, t: Tensor, v: Tensor, y: Tensor, dropped: Tensor):
         """ṽ of METHOD.md §4, from the network's own r = t predictions, without gradient."""
@@ -151,18 +160,17 @@ class MeanFlowLoss:
                 v = self._guided_velocity(net, z, t, v, y, dropped)
 
         n = num_r_neq_t(b, self.frac_r_neq_t) if self.jvp_subset else b
-        us, targets = [], []
-        if n > 0:
-            y_j = None if y is None else y[:n]
-            u_j, tgt_j = meanflow_target(
-                lambda z_, r_, t_: net(z_, r_, t_, y_j), z[:n], r[:n], t[:n], v[:n], self.tangent
-            )
-            us.append(u_j)
-            targets.append(tgt_j)
-        if n < b:
-            us.append(net(z[n:], r[n:], t[n:], None if y is None else y[n:]))
-            targets.append(v[n:].detach())
-        u, u_tgt = torch.cat(us), torch.cat(targets)
+        y_head, y_tail = (None, None) if y is None else (y[:n], y[n:])
+        head = (lambda z_, r_, t_: net(z_, r_, t_, y_head), z[:n], r[:n], t[:n], v[:n], self.tangent)
+        empty = v[:0]
+        if self.u_from == "forward":
+            with torch.no_grad():
+                tgt_head = meanflow_target(*head)[1] if n else empty
+            u = net(z, r, t, y)
+        else:
+            u_head, tgt_head = meanflow_target(*head) if n else (empty, empty)
+            u = u_head if n == b else torch.cat([u_head, net(z[n:], r[n:], t[n:], y_tail)])
+        u_tgt = torch.cat([tgt_head, v[n:].detach()])  # rows with r = t: the target is v itself
 
         sq_err = (u - u_tgt).pow(2).flatten(1).sum(1)  # (B,), summed over data dimensions
         if self.weight_power > 0:

@@ -71,6 +71,7 @@ def build_loss(cfg: TrialConfig, dataset: Dataset) -> MeanFlowLoss:
         weight_eps=mf.weight_eps,
         cfg=CFGSettings(**mf.cfg.model_dump()),
         num_classes=num_classes,
+        u_from=mf.u_from,
     )
 
 

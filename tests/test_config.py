@@ -38,6 +38,8 @@ def test_cross_field_rules():
         load_trial_config({"meanflow": {"cfg": {"omega": 2.0}}})
     with pytest.raises(ConfigError, match="unet needs image data"):
         load_trial_config({"model": {"backbone": "unet"}})
+    with pytest.raises(ConfigError, match="'forward' needs model.dropout: 0"):
+        load_trial_config({"meanflow": {"u_from": "forward"}, "model": {"dropout": 0.2}})
     with pytest.raises(ConfigError, match="data.path is required"):
         load_trial_config({"data": {"name": "npy"}})
     load_trial_config({"data": {"name": "digits", "conditional": True}, "model": {"backbone": "unet"},

@@ -137,22 +137,24 @@ class _Net(torch.nn.Module):
 
 
 @pytest.mark.parametrize("conditional", [False, True])
-def test_jvp_on_the_r_neq_t_subset_equals_full_batch_jvp(conditional):
+def test_jvp_subset_full_batch_and_separate_forward_agree(conditional):
+    """Subset JVP == full-batch JVP == (no-grad JVP for the target + plain forward for u)."""
     k = 4 if conditional else None
     net = _Net(num_classes=k)
     x = torch.randn(32, 3, dtype=torch.float64)
     y = torch.randint(0, 4, (32,)) if conditional else None
     cfg = CFGSettings(omega=2.0, kappa=0.3, t_start=0.1, t_end=0.9) if conditional else None
     grads, losses = [], []
-    for subset in (True, False):
-        loss_fn = MeanFlowLoss(frac_r_neq_t=0.25, cfg=cfg, num_classes=k, jvp_subset=subset)
+    for subset, u_from in ((True, "jvp"), (False, "jvp"), (True, "forward")):
+        loss_fn = MeanFlowLoss(frac_r_neq_t=0.25, cfg=cfg, num_classes=k, jvp_subset=subset, u_from=u_from)
         net.zero_grad()
         loss, _ = loss_fn(net, x, y, generator=torch.Generator().manual_seed(3))
         loss.mean().backward()
         losses.append(loss.detach())
         grads.append(torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))
-    assert torch.allclose(losses[0], losses[1], rtol=1e-12, atol=1e-14)
-    assert torch.allclose(grads[0], grads[1], rtol=1e-10, atol=1e-12)
+    for other in (1, 2):
+        assert torch.allclose(losses[0], losses[other], rtol=1e-12, atol=1e-14)
+        assert torch.allclose(grads[0], grads[other], rtol=1e-10, atol=1e-12)
 
 
 def test_flow_matching_is_frac_zero_and_matches_plain_l2():
