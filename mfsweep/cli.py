@@ -1,7 +1,8 @@
 """Command line: ``mfsweep train | validate | run | report | ui``.
 
 Exit codes: 0 success; 2 invalid input (nothing is written); 3 a study finished but some trials
-failed or diverged (``run``), or a training run diverged (``train``); 1 internal error.
+failed or diverged (``run``), or a training run diverged (``train``); 1 internal error; 130
+interrupted (rerun to resume).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_INTERNAL, EXIT_INVALID, EXIT_PARTIAL = 0, 1, 2, 3
+EXIT_OK, EXIT_INTERNAL, EXIT_INVALID, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def _cmd_train(args) -> int:
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INVALID
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-EXIT_OK, EXIT_INTERNAL, EXIT_INVALID, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+from mfsweep.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
 
 
 def _load(args):
