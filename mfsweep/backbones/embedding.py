@@ -16,10 +16,15 @@ TIME_EMBEDDINGS: dict[str, tuple[str, ...]] = {
 }
 
 
-def time_scalars(variant: str, r: Tensor, t: Tensor) -> Tensor:
-    """Stack the variant's scalars: (B,) and (B,) → (B, k)."""
+def _check_variant(variant: str) -> str:
     if variant not in TIME_EMBEDDINGS:
         raise ValueError(f"unknown time embedding {variant!r}; valid: {', '.join(TIME_EMBEDDINGS)}")
+    return variant
+
+
+def time_scalars(variant: str, r: Tensor, t: Tensor) -> Tensor:
+    """Stack the variant's scalars: (B,) and (B,) → (B, k)."""
+    _check_variant(variant)
     values = {"t": t, "r": r, "t-r": t - r}
     return torch.stack([values[name] for name in TIME_EMBEDDINGS[variant]], dim=1)
 
@@ -38,9 +43,7 @@ class Conditioning(nn.Module):
     def __init__(self, dim: int, time_embedding: str = "t_tr", num_classes: int | None = None, freq_dim: int = 64,
                  time_scale: float = 10.0):
         super().__init__()
-        if time_embedding not in TIME_EMBEDDINGS:
-            raise ValueError(f"unknown time embedding {time_embedding!r}; valid: {', '.join(TIME_EMBEDDINGS)}")
-        self.time_embedding = time_embedding
+        self.time_embedding = _check_variant(time_embedding)
         self.freq_dim = freq_dim
         # Times in [0, 1] are multiplied by time_scale before the sinusoids. The JVP differentiates
         # through them, so a large scale (DiT's 1000) means large ∂u/∂t in the target.
