@@ -67,8 +67,8 @@ def main() -> None:
     os.environ["MFSWEEP_CACHE"] = str(tmp / "cache")
 
     from mfsweep.data import TOYS, Dataset
-    from mfsweep.evaluate import evaluate
-    from mfsweep.metrics import ReferenceSet, fd_classifier, fid
+    from mfsweep.evaluation.evaluate import evaluate
+    from mfsweep.evaluation.metrics import ReferenceSet, fd_classifier, fid
 
     out = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                        "torch_threads": torch.get_num_threads(), "torch": torch.__version__}}
@@ -116,7 +116,7 @@ def main() -> None:
         t0 = time.perf_counter()
         feats = fid.extract_features(imgs, weights_path=weights)
         extract_s = time.perf_counter() - t0
-        from mfsweep.metrics.frechet import feature_stats, frechet_distance
+        from mfsweep.evaluation.metrics.frechet import feature_stats, frechet_distance
         mu, sigma = feature_stats(feats)
         stats = fid.reference_stats(ref)
         t0 = time.perf_counter()

@@ -19,8 +19,8 @@ import torch
 
 from mfsweep.config import load_config_file
 from mfsweep.data import load_dataset
-from mfsweep.metrics.toy import energy_distance, sliced_wasserstein
-from mfsweep.train import train
+from mfsweep.evaluation.metrics.toy import energy_distance, sliced_wasserstein
+from mfsweep.training.train import train
 
 
 def run(config: str, dataset: str, steps: int, frac: float, seed: int, extra: list[str], fm_power: float,

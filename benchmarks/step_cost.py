@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from mfsweep.backbones import build_backbone
+from mfsweep.models import build_backbone
 from mfsweep.config import ModelConfig
-from mfsweep.meanflow import MeanFlowLoss
+from mfsweep.methods.meanflow import MeanFlowLoss
 
 SETUPS = {
     "mlp": dict(model=ModelConfig(backbone="mlp", hidden_dim=256, depth=3), shape=(2,), batch=256),

@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tracking-uri", default=None, help="MLflow URI (default: a temporary SQLite file)")
     args = ap.parse_args(argv)
 
-    from mfsweep.plan import make_plan
-    from mfsweep.runner import run_plan
-    from mfsweep.study import load_study
+    from mfsweep.sweep.plan import make_plan
+    from mfsweep.sweep.runner import run_plan
+    from mfsweep.sweep.study import load_study
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sweep-eff-") as tmp:

@@ -1,14 +1,32 @@
 """Command line: ``mfsweep train | validate | run | report | ui``.
 
-Exit codes: 0 success; 2 invalid input (nothing is written); 3 a study finished but some trials
-failed or diverged (``run``), or a training run diverged (``train``); 1 internal error; 130
-interrupted (rerun to resume).
+    mfsweep train CONFIG.yaml [--set KEY=VALUE ...] [--out DIR] [--no-progress]
+    mfsweep validate STUDY.yaml [--set KEY=VALUE ...]
+    mfsweep run STUDY.yaml [--dry-run] [--set KEY=VALUE ...] [--tracking-uri URI] [--address RAY_ADDRESS]
+                           [--max-concurrent N] [--restart] [--num-cpus N]
+    mfsweep report STUDY.yaml [--tracking-uri URI] [--out DIR]
+    mfsweep ui [STUDY.yaml] [--tracking-uri URI] [--host H] [--port P]
+
+``--set`` on a study edits the study file's own keys (``base.train.steps=200``, ``seeds=[0]``); on a
+trial config, the config's keys (``train.steps=500``). The tracking URI is ``--tracking-uri`` >
+``$MLFLOW_TRACKING_URI`` > the study's ``tracking.uri`` > ``sqlite:///mlflow.db``; the Ray address is
+``--address`` > ``$RAY_ADDRESS`` > a local Ray.
+
+Exit codes: 0 success; 2 invalid input (every problem listed, nothing written); 3 a study finished
+but some trials failed or diverged (``run``), or a training run diverged (``train``); 1 internal
+error; 130 interrupted (rerun the same command to resume).
+
+Everything heavy (torch, Ray, MLflow, rich) is imported inside the command that needs it, so
+``mfsweep --help`` and ``mfsweep validate`` start quickly.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INVALID, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -16,7 +34,7 @@ EXIT_OK, EXIT_INTERNAL, EXIT_INVALID, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 
 
 def _cmd_train(args) -> int:
     from mfsweep.config import load_config_file
-    from mfsweep.train import train
+    from mfsweep.training.train import train
 
     cfg = load_config_file(args.config, args.set)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
@@ -30,6 +48,173 @@ def _cmd_train(args) -> int:
     return EXIT_OK
 
 
+def _load(args):
+    from mfsweep.sweep.plan import make_plan
+    from mfsweep.sweep.study import load_study
+
+    study, text = load_study(args.study, args.set)
+    return make_plan(study, f"study {args.study}"), text
+
+
+def trial_table(plan, limit: int = 200):
+    """The plan's trials as a rich table (axis values by short name, seed last)."""
+    from rich.table import Table
+
+    from mfsweep.sweep.axes import short_name
+
+    s = plan.study
+    title = f"{s.name}: {len(plan.trials) or s.search.num_samples} trials ({s.search.algorithm})"
+    table = Table(title=title, title_justify="left")
+    keys = plan.axis_keys
+    table.add_column("#", justify="right")
+    table.add_column("trial id", no_wrap=True)
+    for key in keys:
+        name = short_name(key, keys)
+        table.add_column(name, overflow="fold", min_width=min(len(name), 14))
+    if s.search.algorithm == "optuna":
+        for axis in plan.axes:
+            shown = ", ".join(map(str, axis.choices())) if axis.values else f"{axis.kind}{list(axis.bounds)}"
+            table.add_row("", "(optuna)", *[shown if k == axis.leaves[0] else "" for k in keys])
+    for t in plan.trials[:limit]:
+        table.add_row(str(t.index), t.trial_id, *[t.tags.get(k, "") for k in keys])
+    if len(plan.trials) > limit:
+        table.add_row("…", f"{len(plan.trials) - limit} more", *[""] * len(keys))
+    return table
+
+
+def _describe(plan, console) -> None:
+    s, base = plan.study, plan.base_config
+    console.print(trial_table(plan))
+    sched = s.scheduler.name if s.scheduler.name == "none" else f"asha on {s.scheduler.metric or plan.metric}"
+    console.print(f"metric {plan.metric}; scheduler {sched}; per trial {s.resources.cpu:g} CPU"
+                  f"{f', {s.resources.gpu:g} GPU' if s.resources.gpu else ''}; {base.train.steps} steps; "
+                  f"eval NFE {base.eval.nfe} on {base.eval.num_samples} samples", highlight=False)
+
+
+def make_console():
+    """Rich console; 160 columns when writing to a file or pipe (logs keep whole trial ids)."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def _cmd_validate(args) -> int:
+    plan, _ = _load(args)
+    console = make_console()
+    _describe(plan, console)
+    console.print(f"[green]valid[/]: {args.study}")
+    return EXIT_OK
+
+
+def summary_table(outcome, metric: str | None):
+    from rich.table import Table
+
+    table = Table(title="trials", title_justify="left")
+    for col in ("trial id", "status", metric or "metric", "train s", "error"):
+        table.add_column(col, overflow="fold")
+    for r in outcome.rows:
+        value, secs = r.get(f"final/{metric}"), r.get("time/train_s")
+        colour = {"finished": "green", "stopped": "yellow", "running": "yellow"}.get(r["status"], "red")
+        table.add_row(r["trial_id"], f"[{colour}]{r['status']}[/]", "" if value is None else f"{value:.4g}",
+                      "" if secs is None else f"{secs:.0f}", r["error"][:300])
+    return table
+
+
+def _cmd_run(args) -> int:
+    plan, text = _load(args)
+    console = make_console()
+    _describe(plan, console)
+    if args.dry_run:
+        console.print("dry run: nothing started")
+        return EXIT_OK
+    import yaml
+
+    from mfsweep.sweep.runner import run_plan
+    from mfsweep.sweep.tracking import resolve_tracking_uri
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    uri = resolve_tracking_uri(args.tracking_uri, plan.study.tracking.uri)
+    address = args.address or os.environ.get("RAY_ADDRESS") or None
+    resolved = yaml.safe_dump(plan.study.model_dump(), sort_keys=False) if args.set else None
+    outcome = run_plan(plan, text, tracking_uri=uri, address=address, max_concurrent=args.max_concurrent,
+                       restart=args.restart, num_cpus=args.num_cpus, resolved_yaml=resolved, console=console)
+    console.print(summary_table(outcome, plan.metric))
+    verb = "resumed" if outcome.resumed else "ran"
+    console.print(f"{verb} execution {outcome.execution_id} in {outcome.wall_s:.0f} s; MLflow {uri} "
+                  f"(parent run {outcome.parent_run_id}); Ray experiment {outcome.experiment_path}", highlight=False)
+    if outcome.interrupted:
+        console.print("[yellow]interrupted[/]: rerun the same command to resume")
+        return EXIT_INTERRUPTED
+    if outcome.failed:
+        bad = ", ".join(f"{r['trial_id']} ({r['status']})" for r in outcome.failed)
+        console.print(f"[red]{len(outcome.failed)} trial(s) did not finish[/]: {bad}")
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def _cmd_report(args) -> int:
+    from analysis.report import write_report  # analysis/ ships in the same distribution
+    from mfsweep.sweep.study import load_study
+    from mfsweep.sweep.tracking import resolve_tracking_uri
+
+    study, _ = load_study(args.study, args.set)
+    uri = resolve_tracking_uri(args.tracking_uri, study.tracking.uri)
+    files = write_report(study.name, tracking_uri=uri, out_dir=args.out, experiment=study.experiment)
+    for key, path in files.items():
+        if key in ("html", "markdown", "dir"):
+            print(f"{key}: {path}")
+    return EXIT_OK
+
+
+def _cmd_ui(args) -> int:
+    from analysis.ui import ui_command
+    from mfsweep.sweep.tracking import resolve_tracking_uri
+
+    study_uri = None
+    if args.study:
+        from mfsweep.sweep.study import load_study
+
+        study_uri = load_study(args.study)[0].tracking.uri
+    return ui_command(resolve_tracking_uri(args.tracking_uri, study_uri), host=args.host, port=args.port)
+
+
+def add_study_commands(sub) -> None:
+    """Register validate / run / report / ui on the ``mfsweep`` argument parser."""
+    def common(p):
+        p.add_argument("study", help="study YAML, e.g. studies/rt_sampling.yaml")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a study key, e.g. base.train.steps=200 or seeds=[0]")
+
+    v = sub.add_parser("validate", help="check a study file and print its trial table (exit 0 or 2)")
+    common(v)
+    v.set_defaults(func=_cmd_validate)
+
+    r = sub.add_parser("run", help="run (or resume) a study on Ray Tune, tracked in MLflow")
+    common(r)
+    r.add_argument("--dry-run", action="store_true", help="validate and print the trial table only")
+    r.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the study's, "
+                                          "sqlite:///mlflow.db)")
+    r.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    r.add_argument("--max-concurrent", type=int, help="at most N trials at once (new executions)")
+    r.add_argument("--restart", action="store_true", help="start a new execution instead of resuming")
+    r.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    r.set_defaults(func=_cmd_run)
+
+    rep = sub.add_parser("report", help="write the study's report (tables, plots) from MLflow")
+    common(rep)
+    rep.add_argument("--tracking-uri", help="MLflow tracking URI")
+    rep.add_argument("--out", help="output folder (default reports/<study>)")
+    rep.set_defaults(func=_cmd_report)
+
+    u = sub.add_parser("ui", help="open the MLflow UI on the study's tracking store")
+    u.add_argument("study", nargs="?", help="study YAML (for its tracking.uri)")
+    u.add_argument("--tracking-uri", help="MLflow tracking URI")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=5000)
+    u.set_defaults(func=_cmd_ui)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mfsweep", description="MeanFlow ablation studies on Ray Tune and MLflow")
     sub = p.add_subparsers(dest="command", required=True)
@@ -39,17 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="output folder (default runs/<name>); rerun to resume")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
-    from mfsweep import study_cli  # validate, run, report, ui
-
-    study_cli.add_commands(sub)
+    add_study_commands(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from mfsweep.config import ConfigError
     from mfsweep.data import DataError
 
-    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ConfigError, DataError) as exc:
@@ -58,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception:  # a bug, not bad input: the trace, and the exit code that says so
+        traceback.print_exc()
+        print("internal error (exit 1): please report it with the trace above", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

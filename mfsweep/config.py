@@ -12,11 +12,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mfsweep.backbones import BACKBONES, TIME_EMBEDDINGS
+from mfsweep.models import BACKBONES, TIME_EMBEDDINGS
 from mfsweep.data import DATASETS, TOYS
-from mfsweep.meanflow import TANGENTS
-from mfsweep.sampling import TIME_GRIDS
-from mfsweep.timesteps import TIME_SAMPLERS
+from mfsweep.methods.meanflow import TANGENTS
+from mfsweep.methods.sampling import TIME_GRIDS
+from mfsweep.methods.timesteps import TIME_SAMPLERS
 
 
 class ConfigError(ValueError):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from mfsweep import meanflow_target
-from mfsweep.backbones import build_backbone
-from mfsweep.backbones.embedding import TIME_EMBEDDINGS, time_scalars
+from mfsweep.models import build_backbone
+from mfsweep.models.embedding import TIME_EMBEDDINGS, time_scalars
 from mfsweep.config import DataConfig, ModelConfig
 from mfsweep.data import TOYS, DataError, load_dataset
 

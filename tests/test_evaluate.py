@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from mfsweep.data import Dataset
-from mfsweep.evaluate import EvalResult, draw_noise, evaluate
-from mfsweep.metrics.fd_classifier import digits_split
+from mfsweep.evaluation.evaluate import EvalResult, draw_noise, evaluate
+from mfsweep.evaluation.metrics.fd_classifier import digits_split
 
 
 def _toy(num_classes=None, n=300):

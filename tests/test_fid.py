@@ -11,9 +11,9 @@ import torch
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, kid_features_to_metric
 
-from mfsweep.metrics import ReferenceSet, get_metric
-from mfsweep.metrics import fid
-from mfsweep.metrics.frechet import feature_stats
+from mfsweep.evaluation.metrics import ReferenceSet, get_metric
+from mfsweep.evaluation.metrics import fid
+from mfsweep.evaluation.metrics.frechet import feature_stats
 
 
 def _random_inception_weights(path, seed):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mfsweep import meanflow_target, sample
-from mfsweep.meanflow import CFGSettings, MeanFlowLoss
+from mfsweep.methods.meanflow import CFGSettings, MeanFlowLoss
 
 torch.set_default_dtype(torch.float32)
 
@@ -241,7 +241,7 @@ def test_one_step_sampling_is_noise_minus_u_at_0_1():
 
 def test_mean_flow_sampling_is_exact_for_the_exact_average_velocity():
     """With the closed-form u, 1 step and 4 steps land on the same point: the flow map."""
-    from mfsweep.sampling import make_time_grid
+    from mfsweep.methods.sampling import make_time_grid
 
     net = lambda z, r, t, y: exact_average_velocity(z, r, t)  # noqa: E731
     e = torch.randn(50, 3, dtype=torch.float64)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from mfsweep.metrics import METRICS, ReferenceSet, default_metrics, get_metric
-from mfsweep.metrics import fd_classifier as fc
-from mfsweep.metrics.frechet import feature_stats, frechet_distance
-from mfsweep.metrics.toy import (energy_distance, mmd_rbf, random_directions, sliced_wasserstein,
+from mfsweep.evaluation.metrics import METRICS, ReferenceSet, default_metrics, get_metric
+from mfsweep.evaluation.metrics import fd_classifier as fc
+from mfsweep.evaluation.metrics.frechet import feature_stats, frechet_distance
+from mfsweep.evaluation.metrics.toy import (energy_distance, mmd_rbf, random_directions, sliced_wasserstein,
                                  wasserstein_1d_sq)
 
 

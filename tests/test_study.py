@@ -11,8 +11,8 @@ import yaml
 
 from mfsweep.cli import main
 from mfsweep.config import ConfigError
-from mfsweep.plan import make_plan
-from mfsweep.study import load_study, parse_study
+from mfsweep.sweep.plan import make_plan
+from mfsweep.sweep.study import load_study, parse_study
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "studies").glob("*.yaml"))
@@ -169,8 +169,8 @@ def test_missing_npy_file_is_caught_at_validation(tmp_path):
 
 
 def test_storage_and_tracking_checks(monkeypatch, tmp_path):
-    from mfsweep.runner import check_storage
-    from mfsweep.tracking import resolve_tracking_uri
+    from mfsweep.sweep.runner import check_storage
+    from mfsweep.sweep.tracking import resolve_tracking_uri
 
     check_storage("/tmp/x", False, None, "sqlite:////tmp/m.db", nodes=1)
     check_storage("s3://bucket/x", False, "10.0.0.1:6379", "sqlite:////tmp/m.db", nodes=3)

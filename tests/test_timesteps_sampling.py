@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from mfsweep.sampling import check_time_grid, make_time_grid, sample
-from mfsweep.timesteps import TIME_SAMPLERS, num_r_neq_t, sample_t_r
+from mfsweep.methods.sampling import check_time_grid, make_time_grid, sample
+from mfsweep.methods.timesteps import TIME_SAMPLERS, num_r_neq_t, sample_t_r
 
 
 @pytest.mark.parametrize("name", sorted(TIME_SAMPLERS))

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from mfsweep.plan import make_plan
-from mfsweep.study import parse_study
-from mfsweep.tracking import StudyTracker
+from mfsweep.sweep.plan import make_plan
+from mfsweep.sweep.study import parse_study
+from mfsweep.sweep.tracking import StudyTracker
 
 STUDY = {"name": "trk", "paper_table": "1a", "description": "tracking test",
          "base": {"data": {"name": "moons"}, "model": {"hidden_dim": 16, "depth": 1}, "train": {"steps": 100}},
@@ -137,7 +137,7 @@ def test_failed_and_diverged_trials(setup):
 
 def test_error_summary_picks_the_exception_line():
     pytest.importorskip("ray")
-    from mfsweep.events import error_summary
+    from mfsweep.sweep.events import error_summary
 
     trace = ("Failure # 1 (occurred at 2025-01-01)\nray::ImplicitFunc.train() (pid=1)\n"
              "  File \"x.py\", line 3, in f\n    raise DataError('x')\n"

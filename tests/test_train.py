@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from mfsweep import checkpoint as ckpt
+from mfsweep.training import checkpoint as ckpt
 from mfsweep.cli import main
 from mfsweep.config import load_trial_config
-from mfsweep.train import train
+from mfsweep.training.train import train
 
 TINY = {
     "name": "tiny",

@@ -15,8 +15,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from mfsweep.metrics import ReferenceSet, default_metrics, get_metric, make_reference
-from mfsweep.sampling import make_time_grid, sample
+from mfsweep.evaluation.metrics import ReferenceSet, default_metrics, get_metric, make_reference
+from mfsweep.methods.sampling import make_time_grid, sample
 
 __all__ = ["EvalResult", "evaluate", "draw_noise"]
 
@@ -64,7 +64,7 @@ def evaluate(net, dataset, *, nfes: Sequence[int] = (1, 2, 4, 8), num_samples: i
     Args:
         net: `net(z, r, t, y) -> u` (z: (B, *dataset.shape), r, t: (B,), y: (B,) or None).
         dataset: a `mfsweep.data.Dataset` (uses name, kind, shape, num_classes and the splits).
-        metrics: names from `mfsweep.metrics.METRICS`; None -> `default_metrics(name, kind)`.
+        metrics: names from `mfsweep.evaluation.metrics.METRICS`; None -> `default_metrics(name, kind)`.
         grid: time-grid rule for `make_time_grid`. labels: (num_samples,) int64 to condition on;
             default: uniform labels from the seeded generator when dataset.num_classes is set.
         reference: what to compare with; default `make_reference(dataset, device=device)`.

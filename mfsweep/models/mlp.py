@@ -6,7 +6,7 @@ import math
 
 from torch import Tensor, nn
 
-from mfsweep.backbones.embedding import Conditioning
+from mfsweep.models.embedding import Conditioning
 
 
 class _Block(nn.Module):

@@ -23,7 +23,7 @@ from mlflow.entities import Metric, Param, RunTag, ViewType
 
 import mfsweep
 from mfsweep.config import dump_yaml, flatten
-from mfsweep.plan import StudyPlan, TrialSpec
+from mfsweep.sweep.plan import StudyPlan, TrialSpec
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 MAX_TAG = 5000
@@ -222,7 +222,7 @@ class StudyTracker:
     def _metric_tags(self, result: dict, outputs: Path | None = None) -> list[RunTag]:
         """metric.<name>.{extractor,resize,num_samples}; the trial's metrics.json has the exact
         extractor id (with the weights' hash), the registry's static name is the fallback."""
-        from mfsweep.metrics import METRICS
+        from mfsweep.evaluation.metrics import METRICS
 
         names = {k.split("/")[1] for k in result if k.startswith("final/") and k.count("/") == 2}
         n = result.get("final/num_samples")

@@ -1,4 +1,4 @@
-"""Study plan → Ray Tune: a thin function trainable around ``mfsweep.train.train`` plus the param
+"""Study plan → Ray Tune: a thin function trainable around ``mfsweep.training.train.train`` plus the param
 space, search algorithm, scheduler and resources. The training loop itself never imports Ray.
 
 Each trial trains in ``<experiment>/<trial id>/train`` (see ``out_dir``). Every ``train.checkpoint_every``
@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mfsweep.plan import StudyPlan, TrialSpec
+from mfsweep.sweep.plan import StudyPlan, TrialSpec
 
 OUTPUTS = ("config.yaml", "metrics.json", "samples", "checkpoint.pt")
 _METRIC_KEY = re.compile(r"^[A-Za-z0-9_]+/nfe_\d+$")
@@ -103,7 +103,7 @@ def _restore_checkpoint(out: Path) -> int:
     Returns the step training will continue from (0: a fresh start)."""
     from ray import tune
 
-    from mfsweep import checkpoint as ckpt
+    from mfsweep.training import checkpoint as ckpt
 
     dst = out / ckpt.CHECKPOINT_NAME
     have = int(ckpt.load(dst)["step"]) if dst.exists() else 0
@@ -124,7 +124,7 @@ def _finished_before(out: Path, spec: TrialSpec):
     """The TrainResult in ``out/metrics.json`` if this trial already finished all its steps."""
     import json
 
-    from mfsweep.train import TrainResult
+    from mfsweep.training.train import TrainResult
 
     try:
         stored = TrainResult(**json.loads((out / "metrics.json").read_text()))
@@ -148,7 +148,7 @@ def run_trial(config: dict, plan: StudyPlan, exp_path: str) -> None:
     """The Tune function trainable: config dict → TrialConfig → train() → reports."""
     from ray import tune
 
-    from mfsweep.train import train
+    from mfsweep.training.train import train
 
     spec = trial_of(plan, config, tune.get_context().get_trial_name())
     out = out_dir(exp_path, spec.trial_id)
@@ -186,7 +186,7 @@ def search_algorithm(plan: StudyPlan):
         return None
     import optuna
 
-    from mfsweep.searchers import EvalOptunaSearch
+    from mfsweep.sweep.searchers import EvalOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,

@@ -19,12 +19,12 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from mfsweep import checkpoint as ckpt
-from mfsweep.backbones import build_backbone
+from mfsweep.training import checkpoint as ckpt
+from mfsweep.models import build_backbone
 from mfsweep.config import TrialConfig, dump_yaml
 from mfsweep.data import DataError, Dataset, load_dataset
-from mfsweep.meanflow import CFGSettings, MeanFlowLoss
-from mfsweep.viz import save_samples_png
+from mfsweep.methods.meanflow import CFGSettings, MeanFlowLoss
+from mfsweep.training.viz import save_samples_png
 
 
 class TrainHooks(Protocol):
@@ -100,7 +100,7 @@ def _comparable(cfg: TrialConfig) -> dict:
 
 def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None, progress: bool = True) -> TrainResult:
     """Train, checkpoint, evaluate at the end; resumes from ``out_dir/checkpoint.pt`` if present."""
-    from mfsweep.evaluate import evaluate  # the evaluation side (metrics) is imported lazily
+    from mfsweep.evaluation.evaluate import evaluate  # the evaluation side (metrics) is imported lazily
 
     hooks = hooks or _NoHooks()
     out = Path(out_dir)

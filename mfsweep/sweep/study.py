@@ -1,6 +1,6 @@
 """A study file is the whole experiment on one page: base trial config, axes, seeds, search,
 scheduler, resources, evaluation and tracking. ``load_study`` validates it (every error at once,
-with dotted paths) and ``mfsweep.plan.make_plan`` expands it into trial configs.
+with dotted paths) and ``mfsweep.sweep.plan.make_plan`` expands it into trial configs.
 
     name: rt_sampling
     paper_table: "1a"
@@ -112,7 +112,7 @@ class Study(_Strict):
 
 def axis_errors(axes: Any, algorithm: str) -> list[tuple[str, str]]:
     """Shape checks of ``axes``: known keys, non-empty lists, well-formed distributions."""
-    from mfsweep.axes import check_axis_key
+    from mfsweep.sweep.axes import check_axis_key
 
     if not isinstance(axes, dict):
         return [("axes", f"expected a mapping of dotted config keys, got {type(axes).__name__}")]
@@ -190,7 +190,7 @@ def parse_study(raw: Any, source: str = "study") -> Study:
     algorithm = raw.get("search", {}).get("algorithm", "grid") if isinstance(raw.get("search"), dict) else "grid"
     errors += axis_errors(raw.get("axes", {}), algorithm)
     if errors:  # also report what is wrong in the trial config parts, all in one go
-        from mfsweep.plan import shared_config_errors
+        from mfsweep.sweep.plan import shared_config_errors
 
         errors += shared_config_errors(raw.get("base", {}), raw.get("eval", {}))
         raise ConfigError(errors, source)

@@ -26,10 +26,10 @@ import torch
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, kid_features_to_metric
 
-from mfsweep.metrics.frechet import cache_dir, feature_stats, frechet_distance
+from mfsweep.evaluation.metrics.frechet import cache_dir, feature_stats, frechet_distance
 
 if TYPE_CHECKING:
-    from mfsweep.metrics import ReferenceSet
+    from mfsweep.evaluation.metrics import ReferenceSet
 
 __all__ = ["MissingWeightsError", "RESIZE", "INCEPTION_URL", "resolve_inception_weights", "extractor_id",
            "to_uint8_rgb", "extract_features", "reference_stats", "fid", "kid", "fid_metadata"]

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from mfsweep.timesteps import num_r_neq_t, sample_t_r
+from mfsweep.methods.timesteps import num_r_neq_t, sample_t_r
 
 # Tangent on (z, r, t) as (uses v for z, dr, dt). Table 1b of the paper: only (v, 0, 1) is the
 # total derivative d/dt along the trajectory; the others are the ablation's wrong variants.

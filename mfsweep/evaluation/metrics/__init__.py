@@ -14,9 +14,9 @@ from typing import Any, Callable
 
 import torch
 
-from mfsweep.metrics import toy
-from mfsweep.metrics.fd_classifier import VERSION as _DIGITS_VERSION
-from mfsweep.metrics.fd_classifier import fd_digits
+from mfsweep.evaluation.metrics import toy
+from mfsweep.evaluation.metrics.fd_classifier import VERSION as _DIGITS_VERSION
+from mfsweep.evaluation.metrics.fd_classifier import fd_digits
 
 __all__ = ["ReferenceSet", "MetricSpec", "METRICS", "get_metric", "default_metrics", "make_reference"]
 
@@ -78,7 +78,7 @@ def _data(fn):
 def _lazy_fid(attr: str):
     """Import torch-fidelity only when an Inception metric is used."""
     def call(*args, **kwargs):
-        from mfsweep.metrics import fid as _fid
+        from mfsweep.evaluation.metrics import fid as _fid
         return getattr(_fid, attr)(*args, **kwargs)
     return call
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mfsweep.backbones.embedding import Conditioning
+from mfsweep.models.embedding import Conditioning
 
 
 def _groups(ch: int) -> int:

@@ -7,9 +7,9 @@ from typing import Callable
 
 from torch import nn
 
-from mfsweep.backbones.embedding import TIME_EMBEDDINGS
-from mfsweep.backbones.mlp import MLP
-from mfsweep.backbones.unet import UNet
+from mfsweep.models.embedding import TIME_EMBEDDINGS
+from mfsweep.models.mlp import MLP
+from mfsweep.models.unet import UNet
 
 
 def _mlp(cfg, data_shape, num_classes) -> nn.Module:

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from mfsweep.config import ConfigError
-from mfsweep.plan import StudyPlan
-from mfsweep.tracking import StudyTracker
+from mfsweep.sweep.plan import StudyPlan
+from mfsweep.sweep.tracking import StudyTracker
 
 #: Tune's own console output off (mfsweep prints one line per trial event instead).
 QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
@@ -136,8 +136,8 @@ def run_plan(plan: StudyPlan, study_text: str, *, tracking_uri: str, address: st
              max_concurrent: int | None = None, restart: bool = False, num_cpus: int | None = None,
              resolved_yaml: str | None = None, console=None) -> RunOutcome:
     """Run (or resume) the study; trial failures are recorded, not raised."""
-    from mfsweep.events import StudyEvents, forwarding_callback
-    from mfsweep.tune import make_tuner, restore_tuner
+    from mfsweep.sweep.events import StudyEvents, forwarding_callback
+    from mfsweep.sweep.tune import make_tuner, restore_tuner
 
     study = plan.study
     for key, value in QUIET_ENV.items():

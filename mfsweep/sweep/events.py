@@ -2,7 +2,7 @@
 
 Tune pickles its callbacks with the experiment, and ``Tuner.restore`` brings back those copies.
 The callback is therefore a stateless forwarder to the live ``StudyEvents`` of this process
-(``mfsweep.runner._EVENTS``), so a resumed study logs through fresh MLflow clients.
+(``mfsweep.sweep.runner._EVENTS``), so a resumed study logs through fresh MLflow clients.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from mfsweep.plan import StudyPlan, TrialSpec
-from mfsweep.tracking import StudyTracker
-from mfsweep.tune import trial_of
+from mfsweep.sweep.plan import StudyPlan, TrialSpec
+from mfsweep.sweep.tracking import StudyTracker
+from mfsweep.sweep.tune import trial_of
 
 
 def error_summary(trace: str) -> str:
@@ -108,7 +108,7 @@ class ForwardingCallback(Callback):
     """Tune callback with no state of its own: forwards to the live StudyEvents (or does nothing)."""
 
     def _events(self) -> StudyEvents | None:
-        from mfsweep.runner import _EVENTS
+        from mfsweep.sweep.runner import _EVENTS
 
         return _EVENTS.get("events")
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from mfsweep.axes import as_tag, get_dotted, set_axis, short_name, trial_id, varying_leaves
+from mfsweep.sweep.axes import as_tag, get_dotted, set_axis, short_name, trial_id, varying_leaves
 from mfsweep.config import ConfigError, TrialConfig, load_trial_config
 from mfsweep.data import TOYS
-from mfsweep.study import Study, is_distribution, study_hash
+from mfsweep.sweep.study import Study, is_distribution, study_hash
 
 _METRIC_KEY = re.compile(r"^([A-Za-z0-9_]+)/nfe_(\d+)$")
 
@@ -66,7 +66,7 @@ class StudyPlan:
 
     @property
     def axis_keys(self) -> list[str]:
-        """Reported axis keys (mfsweep.axes), seed last."""
+        """Reported axis keys (mfsweep.sweep.axes), seed last."""
         return [leaf for a in self.axes for leaf in a.leaves] + ["seed"]
 
     @property
@@ -212,7 +212,7 @@ def _check_metric(plan: StudyPlan, errors: list) -> None:
         if metric is None:
             continue
         m = _METRIC_KEY.match(metric)
-        from mfsweep.metrics import METRICS
+        from mfsweep.evaluation.metrics import METRICS
 
         if not m or m.group(1) not in METRICS:
             errors.append((path, f"expected '{{metric}}/nfe_{{k}}' with metric in {', '.join(METRICS)}, got {metric!r}"))

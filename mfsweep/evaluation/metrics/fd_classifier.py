@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from mfsweep.metrics.frechet import cache_dir, feature_stats, frechet_distance
+from mfsweep.evaluation.metrics.frechet import cache_dir, feature_stats, frechet_distance
 
 if TYPE_CHECKING:
-    from mfsweep.metrics import ReferenceSet
+    from mfsweep.evaluation.metrics import ReferenceSet
 
 __all__ = ["VERSION", "DigitsClassifier", "digits_split", "load_digits_classifier",
            "digits_classifier_info", "digits_features", "fd_digits"]
