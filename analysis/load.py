@@ -2,22 +2,23 @@
 
 Reads only MLflow (schema in docs/architecture.md, "MLflow schema"): the most recent parent run
 tagged `mfsweep.role=study`, `mfsweep.study=<name>`, and its child runs (`mlflow.parentRunId`).
-Nothing from the `mfsweep` package is imported.
+From the `mfsweep` package only `mfsweep.schema` (key formats; no torch, no training code) is imported.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 
-#: `{phase}/{metric}/nfe_{k}`, e.g. `final/swd/nfe_1` (docs/architecture.md, "Metric keys").
-METRIC_KEY = re.compile(r"^(final|eval)/([^/]+)/nfe_(\d+)$")
+# `{phase}/{metric}/nfe_{k}`, e.g. `final/swd/nfe_1` (docs/architecture.md, "Metric keys").
+from mfsweep.schema import LOGGED_METRIC_KEY as METRIC_KEY
+from mfsweep.schema import quote
+
 
 
 class StudyNotFound(LookupError):
@@ -84,10 +85,6 @@ def _experiment_ids(client: MlflowClient, study_name: str, experiment: str | Non
     return [e.experiment_id for e in client.search_experiments()]
 
 
-def _quote(s: str) -> str:
-    return s.replace("\\", "\\\\").replace("'", "\\'")
-
-
 def load_study(study_name: str, tracking_uri: str | None = None,
                experiment: str | None = None) -> StudyRuns:
     """Fetch the most recent execution of `study_name` (parent run + children).
@@ -97,7 +94,7 @@ def load_study(study_name: str, tracking_uri: str | None = None,
     """
     client = MlflowClient(tracking_uri=tracking_uri)
     exp_ids = _experiment_ids(client, study_name, experiment)
-    filt = f"tags.`mfsweep.role` = 'study' and tags.`mfsweep.study` = '{_quote(study_name)}'"
+    filt = f"tags.`mfsweep.role` = 'study' and tags.`mfsweep.study` = '{quote(study_name)}'"
     parents = _search_all(client, exp_ids, filt, ["attributes.start_time DESC"])
     if not parents:
         raise StudyNotFound(f"no parent run for study {study_name!r} in experiments {exp_ids}")

@@ -1,4 +1,4 @@
-"""The MeanFlow paper's ablation numbers, as data (METHOD.md §5).
+"""The MeanFlow paper's ablation numbers, as data (docs/method.md §5).
 
 Source: Geng, Deng, Bai, Kolter, He, "Mean Flows for One-step Generative Modeling", 2025,
 arXiv 2505.13447, Table 1 (MF-B/4, ImageNet 256 latents, 80 epochs, 1-NFE FID-50K, lower is
@@ -104,12 +104,6 @@ def paper_lookup(table: str | None, axis_values: dict[str, str]) -> tuple[float,
         if fid is not None:
             return fid, name
     return None
-
-
-def paper_value(table: str | None, axis_values: dict[str, str]) -> float | None:
-    """The paper's 1-NFE FID for a row (see `paper_lookup`), or None."""
-    found = paper_lookup(table, axis_values)
-    return None if found is None else found[0]
 
 
 def paper_axes(table: str | None) -> set[str]:

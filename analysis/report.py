@@ -58,7 +58,7 @@ def _swept(study: load.StudyRuns, trials) -> list[list[str]]:
 
 def _metric_tags(study: load.StudyRuns) -> list[list[str]]:
     """`metric.{name}.{field}` tags of the trials (extractor, resize, num_samples): FID values
-    are only comparable with the same extractor and resize mode (METHOD.md §7)."""
+    are only comparable with the same extractor and resize mode (docs/method.md §7)."""
     seen: dict[tuple[str, str], list[str]] = {}
     for run in study.children:
         for key, value in run.data.tags.items():

@@ -6,17 +6,16 @@ The rest of the code never sees a raw dict: ``load_trial_config(dict) -> TrialCo
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mfsweep.models import BACKBONES, TIME_EMBEDDINGS
 from mfsweep.data import DATASETS, TOYS
-from mfsweep.methods.meanflow import TANGENTS
-from mfsweep.methods.sampling import TIME_GRIDS
-from mfsweep.methods.timesteps import TIME_SAMPLERS
+from mfsweep.methods import TANGENTS, TIME_GRIDS, TIME_SAMPLERS
+from mfsweep.models import BACKBONES, TIME_EMBEDDINGS
 
 
 class ConfigError(ValueError):
@@ -30,17 +29,13 @@ class ConfigError(ValueError):
         super().__init__(f"invalid {source} ({n} error{'s' * (n != 1)}):\n{lines}")
 
 
-def _one_of(value: str, valid, what: str) -> str:
-    if value not in valid:
-        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
-    return value
+class Strict(BaseModel):
+    """Base of every config model: unknown keys are errors, defaults are validated too."""
 
-
-class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     name: str = "checkerboard"
     path: str | None = None  # for name = npy: a .npy (x) or .npz (x, optional y) file
     num_train: int = Field(20000, ge=2, description="toys: generated training points")
@@ -49,7 +44,7 @@ class DataConfig(_Strict):
     seed: int = 0  # data generation and split; fixed across a study's trials
     conditional: bool = False  # train on class labels (needed for CFG)
 
-    _name = field_validator("name")(lambda v: _one_of(v, DATASETS, "dataset"))
+    _name = field_validator("name")(lambda v: DATASETS.check(v))
 
     @model_validator(mode="after")
     def _path_for_npy(self):
@@ -58,7 +53,7 @@ class DataConfig(_Strict):
         return self
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     backbone: str = "mlp"
     hidden_dim: int = Field(256, ge=1, description="mlp width")
     depth: int = Field(3, ge=1, description="mlp residual blocks")
@@ -71,21 +66,21 @@ class ModelConfig(_Strict):
     time_scale: float = Field(10.0, gt=0, description="times are multiplied by this before the sinusoids")
     dropout: float = Field(0.0, ge=0, lt=1)
 
-    _backbone = field_validator("backbone")(lambda v: _one_of(v, BACKBONES, "backbone"))
-    _emb = field_validator("time_embedding")(lambda v: _one_of(v, TIME_EMBEDDINGS, "time embedding"))
+    _backbone = field_validator("backbone")(lambda v: BACKBONES.check(v))
+    _emb = field_validator("time_embedding")(lambda v: TIME_EMBEDDINGS.check(v))
 
 
-class TimeSamplerConfig(_Strict):
+class TimeSamplerConfig(Strict):
     name: str = "logit_normal"
     mu: float = -0.4  # logit-normal location (of t for separate_logit_normal)
     sigma: float = Field(1.0, gt=0)
     r_mu: float = -4.0  # separate_logit_normal only: r ~ LN(r_mu, r_sigma)
     r_sigma: float = Field(1.6, gt=0)
 
-    _name = field_validator("name")(lambda v: _one_of(v, TIME_SAMPLERS, "time sampler"))
+    _name = field_validator("name")(lambda v: TIME_SAMPLERS.check(v))
 
 
-class CFGConfig(_Strict):
+class CFGConfig(Strict):
     omega: float = Field(1.0, gt=0)
     kappa: float = Field(0.0, ge=0, lt=1)
     t_start: float = Field(0.0, ge=0, le=1)
@@ -99,21 +94,21 @@ class CFGConfig(_Strict):
         return self
 
 
-class MeanFlowConfig(_Strict):
+class MeanFlowConfig(Strict):
     frac_r_neq_t: float = Field(0.25, ge=0, le=1, description="fraction of rows with r ≠ t; 0 = Flow Matching")
     time_sampler: TimeSamplerConfig = Field(default_factory=TimeSamplerConfig)
     tangent: str = "v01"
     weight_power: float = Field(1.0, ge=0, description="adaptive weight power p; 0 = plain L2")
     weight_eps: float = Field(1e-3, gt=0, description="adaptive weight constant c")
     cfg: CFGConfig = Field(default_factory=CFGConfig)
-    # "jvp": u is the JVP's primal output (METHOD.md §2). "forward": the JVP only makes the target
+    # "jvp": u is the JVP's primal output (docs/method.md §2). "forward": the JVP only makes the target
     # (no_grad) and one plain forward gives u: same gradients, less memory (needs dropout 0).
     u_from: Literal["jvp", "forward"] = "jvp"
 
-    _tangent = field_validator("tangent")(lambda v: _one_of(v, TANGENTS, "tangent"))
+    _tangent = field_validator("tangent")(lambda v: TANGENTS.check(v))
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     steps: int = Field(3000, ge=1)
     batch_size: int = Field(256, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -136,7 +131,7 @@ class TrainConfig(_Strict):
         raise ValueError(f"unknown device {v!r}; valid: auto, cpu, cuda, cuda:N, mps")
 
 
-class EvalConfig(_Strict):
+class EvalConfig(Strict):
     nfe: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], min_length=1)
     grid: str = "linspace"
     # Which velocity the sampler asks for: "average" u(z, r, t) jumps, "instantaneous" r = t (Euler),
@@ -149,7 +144,7 @@ class EvalConfig(_Strict):
     seed: int = 0  # evaluation noise seed: the same noise for every NFE and every trial
     batch_size: int = Field(1000, ge=1)
 
-    _grid = field_validator("grid")(lambda v: _one_of(v, TIME_GRIDS, "time-grid rule"))
+    _grid = field_validator("grid")(lambda v: TIME_GRIDS.check(v))
 
     @field_validator("nfe")
     @classmethod
@@ -159,7 +154,7 @@ class EvalConfig(_Strict):
         return sorted(v)
 
 
-class TrialConfig(_Strict):
+class TrialConfig(Strict):
     name: str = "trial"
     seed: int = 0  # training seed: init, batches, noise, (t, r)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -216,15 +211,40 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(value)
 
 
-def set_dotted(raw: dict, key: str, value: Any) -> None:
-    """Set raw['a']['b'] = value for key 'a.b', creating mappings on the way."""
+def deep_merge(base: Any, override: Any) -> Any:
+    """``override`` merged into ``base``: mappings recursively, anything else replaced (copied)."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = copy.deepcopy(base)
+        for k, v in override.items():
+            out[k] = deep_merge(out.get(k), v) if k in out else copy.deepcopy(v)
+        return out
+    return copy.deepcopy(override)
+
+
+def set_dotted(raw: dict, key: str, value: Any, merge: bool = False, source: str = "--set") -> None:
+    """Set raw['a']['b'] = value for key 'a.b', creating mappings on the way (a null becomes one).
+
+    With ``merge``, a mapping value is merged into the mapping already at the key (how a study's
+    axis value ``{name: logit_normal, mu: -0.4}`` lands in the base config); else it replaces it.
+    """
     node = raw
     parts = key.split(".")
     for part in parts[:-1]:
-        if not isinstance(node.get(part, {}), dict):
-            raise ConfigError([(key, f"{part!r} is not a mapping")], "--set")
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
+        if node.get(part) is None:
+            node[part] = {}
+        elif not isinstance(node[part], dict):
+            raise ConfigError([(key, f"{part!r} is not a mapping")], source)
+        node = node[part]
+    leaf = parts[-1]
+    node[leaf] = deep_merge(node.get(leaf), value) if merge and isinstance(node.get(leaf), dict) else copy.deepcopy(value)
+
+
+def get_dotted(cfg: BaseModel | dict, key: str) -> Any:
+    """cfg.a.b (or cfg['a']['b']) for key 'a.b'."""
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part] if isinstance(node, dict) else getattr(node, part)
+    return node
 
 
 def read_yaml(path: str | Path, what: str = "config") -> dict:

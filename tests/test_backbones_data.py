@@ -45,7 +45,7 @@ def test_time_embedding_variants():
     assert torch.allclose(time_scalars("tr", r, t), (t - r)[:, None])
     assert torch.allclose(time_scalars("t_r_tr", r, t), torch.stack([t, r, t - r], 1))
     assert set(TIME_EMBEDDINGS) == {"t_tr", "t_r", "tr", "t_r_tr"}
-    with pytest.raises(ValueError, match="valid: t_tr, t_r, tr, t_r_tr"):
+    with pytest.raises(ValueError, match="unknown time embedding 'rt'; valid: t_r, t_r_tr, t_tr, tr$"):
         time_scalars("rt", r, t)
 
 

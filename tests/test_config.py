@@ -28,7 +28,7 @@ def test_every_error_at_once_with_dotted_paths():
             "model.backbone", "model.time_embedding", "train.steps", "train.lr", "train.device", "eval.nfe",
             "typo"} <= paths
     text = str(info.value)
-    assert "valid: uniform, logit_normal, separate_logit_normal" in text
+    assert "unknown time sampler 'beta'; valid: logit_normal, separate_logit_normal, uniform" in text
     assert "valid: mlp, unet" in text
     assert "t_start < t_end" in text
 

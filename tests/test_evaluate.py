@@ -8,7 +8,7 @@ from torch import nn
 
 from mfsweep.data import Dataset
 from mfsweep.evaluation.evaluate import EvalResult, draw_noise, evaluate
-from mfsweep.evaluation.metrics.fd_classifier import digits_split
+from mfsweep.data.digits import split_digits
 
 
 def _toy(num_classes=None, n=300):
@@ -118,8 +118,7 @@ def test_bad_metric_requests():
 
 
 def test_digits_fd_and_too_few_samples():
-    x_tr, y_tr = digits_split("train")
-    x_te, y_te = digits_split("test")
+    x_tr, x_te, y_tr, y_te = split_digits()
     ds = Dataset("digits", "image", x_tr, y_tr, x_te, y_te, 10, (1, 8, 8))
     res = evaluate(lambda z, r, t, y: 0.5 * z, ds, nfes=(1, 2), num_samples=100, seed=0)
     assert set(res.values) == {"fd_digits/nfe_1", "fd_digits/nfe_2"}

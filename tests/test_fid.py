@@ -11,7 +11,7 @@ import torch
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, kid_features_to_metric
 
-from mfsweep.evaluation.metrics import ReferenceSet, get_metric
+from mfsweep.evaluation.metrics import METRICS, ReferenceSet
 from mfsweep.evaluation.metrics import fid
 from mfsweep.evaluation.metrics.frechet import feature_stats
 
@@ -117,7 +117,7 @@ def test_missing_weights_error(tmp_path, monkeypatch):
         fid.resolve_inception_weights()
     ref = ReferenceSet("cifar10", "train", "image", _images(4, 1), options={"allow_download": False})
     with pytest.raises(fid.MissingWeightsError):
-        get_metric("fid").metadata(ref)
+        METRICS.lookup("fid").metadata(ref)
 
 
 def test_extractor_id_hashes_weights(tmp_path):
@@ -167,7 +167,7 @@ def fd_calls(monkeypatch):
 def test_fid_values_and_metadata(weights, calls, fd_calls):
     x, y = _images(2, 3), _images(2, 4, channels=3)
     ref = ReferenceSet("toyimg", "train", "image", x, options={"weights_path": weights})
-    spec = get_metric("fid")
+    spec = METRICS.lookup("fid")
     meta = spec.metadata(ref)
     assert meta["resize"] == fid.RESIZE and meta["extractor"] == fid.extractor_id(weights)
     assert meta["extractor"].startswith(spec.extractor) and meta["reference_num"] == 2
@@ -193,9 +193,9 @@ def test_adm_style_npz(weights, tmp_path, calls, fd_calls):
     ref = ReferenceSet("cifar10", "train", "image", None, stats_path=str(path), options={"weights_path": weights})
     stats = fid.reference_stats(ref)
     assert stats["N"] == 50000 and stats["extractor"] == "external-npz:VIRTUAL_ref.npz"
-    meta = get_metric("fid").metadata(ref)
+    meta = METRICS.lookup("fid").metadata(ref)
     assert meta["reference_num"] == 50000 and meta["reference_stats"] == str(path)
-    assert get_metric("fid")(x, ref) == 43.0
+    assert METRICS.lookup("fid")(x, ref) == 43.0
     assert calls == [2]  # only the samples went through Inception
     np.testing.assert_allclose(fd_calls[0][2], mu.astype(np.float32))
     np.testing.assert_array_equal(fd_calls[0][3], a @ a.T)
@@ -205,10 +205,10 @@ def test_too_few_and_nan_samples(weights, calls):
     ref = ReferenceSet("toyimg", "train", "image", _images(2, 6), options={"weights_path": weights})
     for name in ("fid", "kid"):
         with pytest.raises(ValueError, match="need at least 2 samples for a covariance, got 1"):
-            get_metric(name)(_images(1, 7), ref)
+            METRICS.lookup(name)(_images(1, 7), ref)
         bad = _images(3, 8)
         bad[1, 0, 2, 2] = float("nan")
-        assert math.isnan(get_metric(name)(bad, ref))
+        assert math.isnan(METRICS.lookup(name)(bad, ref))
     assert calls == []
 
 
@@ -216,9 +216,9 @@ def test_kid_unbiased_via_torch_fidelity(weights, fake_calls):
     calls = fake_calls
     x, y = _images(40, 9), _images(30, 10, channels=3)
     ref = ReferenceSet("kidimg", "train", "image", x, options={"weights_path": weights})
-    got = get_metric("kid")(y, ref, seed=3)
+    got = METRICS.lookup("kid")(y, ref, seed=3)
     assert calls == [30, 40]
-    assert get_metric("kid")(y, ref, seed=3) == got and calls == [30, 40, 30]  # reference features cached
+    assert METRICS.lookup("kid")(y, ref, seed=3) == got and calls == [30, 40, 30]  # reference features cached
     fy, fx = calls.feats[0], calls.feats[1]
     want = kid_features_to_metric(fy, fx, kid_subsets=100, kid_subset_size=30, rng_seed=3, verbose=False)
     assert got == pytest.approx(want[KEY_METRIC_KID_MEAN], rel=1e-6)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mfsweep import meanflow_target, sample
-from mfsweep.methods.meanflow import CFGSettings, MeanFlowLoss
+from mfsweep.methods.meanflow import CFGSettings, MeanFlowLoss, guided_velocity, linear_path
+from mfsweep.methods.timesteps import sample_t_r
 
 torch.set_default_dtype(torch.float32)
 
@@ -116,7 +117,7 @@ def test_works_in_float32_and_float64(dtype):
 
 
 def test_unknown_tangent_lists_valid_names():
-    with pytest.raises(ValueError, match="v01, v00, v10, v11"):
+    with pytest.raises(ValueError, match="unknown tangent 'v02'; valid: v00, v01, v10, v11$"):
         meanflow_target(_small_net(), torch.zeros(1, 3), torch.zeros(1), torch.ones(1), torch.zeros(1, 3), "v02")
 
 
@@ -136,25 +137,46 @@ class _Net(torch.nn.Module):
         return self.out(torch.tanh(h))
 
 
+def _full_batch_jvp_loss(net, x, y, cfg, k, seed):
+    """The loss recomputed by hand from the same random stream, with the JVP on every row."""
+    g = torch.Generator().manual_seed(seed)
+    e = torch.randn(x.shape, generator=g, dtype=x.dtype)
+    t, r = sample_t_r(x.shape[0], "logit_normal", {"mu": -0.4, "sigma": 1.0}, 0.25, g)
+    t, r = t.to(x.dtype), r.to(x.dtype)
+    z, v = linear_path(x, e, t)
+    if y is not None:
+        dropped = torch.rand(x.shape[0], generator=g) < cfg.class_dropout
+        y = torch.where(dropped, torch.full_like(y, k), y)
+        v = guided_velocity(net, cfg, z, t, v, y, dropped, k)
+    u, u_tgt = meanflow_target(lambda z_, r_, t_: net(z_, r_, t_, y), z, r, t, v)
+    sq = (u - u_tgt).pow(2).sum(1)
+    return sq / (sq.detach() + 1e-3)
+
+
 @pytest.mark.parametrize("conditional", [False, True])
 def test_jvp_subset_full_batch_and_separate_forward_agree(conditional):
-    """Subset JVP == full-batch JVP == (no-grad JVP for the target + plain forward for u)."""
+    """Subset JVP == full-batch JVP (recomputed by hand) == (no-grad JVP for the target + forward for u)."""
     k = 4 if conditional else None
     net = _Net(num_classes=k)
     x = torch.randn(32, 3, dtype=torch.float64)
     y = torch.randint(0, 4, (32,)) if conditional else None
-    cfg = CFGSettings(omega=2.0, kappa=0.3, t_start=0.1, t_end=0.9) if conditional else None
+    cfg = CFGSettings(omega=2.0, kappa=0.3, t_start=0.1, t_end=0.9) if conditional else CFGSettings()
     grads, losses = [], []
-    for subset, u_from in ((True, "jvp"), (False, "jvp"), (True, "forward")):
-        loss_fn = MeanFlowLoss(frac_r_neq_t=0.25, cfg=cfg, num_classes=k, jvp_subset=subset, u_from=u_from)
+    for u_from in ("jvp", "forward", None):
         net.zero_grad()
-        loss, _ = loss_fn(net, x, y, generator=torch.Generator().manual_seed(3))
+        if u_from is None:
+            loss = _full_batch_jvp_loss(net, x, y, cfg, k, seed=3)
+        else:
+            loss_fn = MeanFlowLoss(frac_r_neq_t=0.25, cfg=cfg, num_classes=k, u_from=u_from)
+            loss, _ = loss_fn(net, x, y, generator=torch.Generator().manual_seed(3))
         loss.mean().backward()
         losses.append(loss.detach())
         grads.append(torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))
     for other in (1, 2):
         assert torch.allclose(losses[0], losses[other], rtol=1e-12, atol=1e-14)
         assert torch.allclose(grads[0], grads[other], rtol=1e-10, atol=1e-12)
+    # the r ≠ t rows are the first round(0.25 · 32) = 8: their targets differ from v, so the check bites
+    assert losses[0][:8].abs().sum() > 0
 
 
 def test_flow_matching_is_frac_zero_and_matches_plain_l2():
@@ -204,13 +226,12 @@ def test_cfg_guided_velocity_matches_method_formula():
     k = 3
     net = _ClassConstNet(k)
     cfg = CFGSettings(omega=0.2, kappa=0.5, t_start=0.3, t_end=0.7, class_dropout=0.0)
-    loss_fn = MeanFlowLoss(cfg=cfg, num_classes=k)
     t = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9, 0.5], dtype=torch.float64)
     y = torch.tensor([0, 1, 2, 0, 1, k])
     dropped = torch.tensor([False, False, False, False, False, True])
     v = torch.randn(6, 2, dtype=torch.float64)
     z = torch.randn(6, 2, dtype=torch.float64)
-    got = loss_fn._guided_velocity(net, z, t, v, y, dropped)
+    got = guided_velocity(net, cfg, z, t, v, y, dropped, null_class=k)
     a = net.a.detach()
     for i in range(6):
         active = 0.3 <= t[i] <= 0.7 and not dropped[i]

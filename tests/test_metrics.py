@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mfsweep.evaluation.metrics import METRICS, ReferenceSet, default_metrics, get_metric
+from mfsweep.data.digits import split_digits
+from mfsweep.evaluation.metrics import METRICS, ReferenceSet, default_metrics
 from mfsweep.evaluation.metrics import fd_classifier as fc
 from mfsweep.evaluation.metrics.frechet import feature_stats, frechet_distance
 from mfsweep.evaluation.metrics.toy import (energy_distance, mmd_rbf, random_directions, sliced_wasserstein,
@@ -22,7 +23,7 @@ def _gen(seed=0):
 def test_registry_names_and_errors():
     assert {"swd", "energy", "mmd", "fd_digits", "fid", "kid"} <= set(METRICS)
     with pytest.raises(ValueError, match=r"unknown metric 'nope'; valid: .*energy.*swd"):
-        get_metric("nope")
+        METRICS.lookup("nope")
     assert default_metrics("moons", "vector") == ["swd", "energy"]
     assert default_metrics("digits", "image") == ["fd_digits"]
     assert default_metrics("cifar10", "image") == ["fid"]
@@ -132,8 +133,8 @@ def test_registry_calls_toy_metrics():
     x = torch.randn(200, 2, generator=_gen(8))
     ref = ReferenceSet("moons", "test", "vector", x)
     for name in ("swd", "energy", "mmd"):
-        assert get_metric(name)(x, ref, seed=0) == pytest.approx(0.0, abs=1e-12)
-        assert get_metric(name)(x + 1, ref, seed=0) > 0.1
+        assert METRICS.lookup(name)(x, ref, seed=0) == pytest.approx(0.0, abs=1e-12)
+        assert METRICS.lookup(name)(x + 1, ref, seed=0) > 0.1
 
 
 # ---- fd_digits -------------------------------------------------------------------------------
@@ -150,7 +151,7 @@ def digits_cache(tmp_path_factory):
 
 def test_digits_classifier_accuracy_and_cache(digits_cache, monkeypatch):
     assert digits_cache["accuracy"] > 0.9, digits_cache
-    path = fc.cache_dir() / f"{fc.VERSION}.pt"
+    path = fc.classifier_path(0, 0.2)
     assert str(path) == digits_cache["path"] and path.is_file()
     mtime, count = path.stat().st_mtime_ns, fc.TRAIN_COUNT
     monkeypatch.setattr(fc, "_MEMO", {})  # forget the in-process model: must come from disk
@@ -160,14 +161,13 @@ def test_digits_classifier_accuracy_and_cache(digits_cache, monkeypatch):
 
 
 def test_fd_digits_ordering(digits_cache):
-    x_tr, _ = fc.digits_split("train")
-    x_te, _ = fc.digits_split("test")
+    x_tr, x_te, _, _ = split_digits()
     ref = ReferenceSet("digits", "train", "image", x_tr)
-    fd_test = get_metric("fd_digits")(x_te, ref)
-    fd_noise = get_metric("fd_digits")(torch.rand(x_te.shape, generator=_gen(9)) * 2 - 1, ref)
-    fd_self = get_metric("fd_digits")(x_tr, ref)
+    fd_test = METRICS.lookup("fd_digits")(x_te, ref)
+    fd_noise = METRICS.lookup("fd_digits")(torch.rand(x_te.shape, generator=_gen(9)) * 2 - 1, ref)
+    fd_self = METRICS.lookup("fd_digits")(x_tr, ref)
     print(f"fd_digits: test-vs-train {fd_test:.3f}, uniform-noise-vs-train {fd_noise:.3f}")
     assert abs(fd_self) < 1e-6
     assert fd_test < 10.0 and fd_noise > 50 * fd_test
     # reference given only by split name
-    assert get_metric("fd_digits")(x_te, ReferenceSet("digits", "train", "image", None)) == pytest.approx(fd_test)
+    assert METRICS.lookup("fd_digits")(x_te, ReferenceSet("digits", "train", "image", None)) == pytest.approx(fd_test)

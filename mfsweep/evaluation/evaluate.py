@@ -1,4 +1,4 @@
-"""Metric versus NFE on the same noise (METHOD.md §7).
+"""Metric versus NFE on the same noise (docs/method.md §7).
 
 Per-sample noise e ~ N(0, I) (and labels, for class-conditional data) is drawn once from a
 torch.Generator seeded with `seed` and reused for every NFE, so NFE=1 and NFE=4 differ only in the
@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from mfsweep.evaluation.metrics import ReferenceSet, default_metrics, get_metric, make_reference
+from mfsweep.evaluation.metrics import METRICS, ReferenceSet, default_metrics, make_reference
 from mfsweep.methods.sampling import make_time_grid, sample
 
 __all__ = ["EvalResult", "evaluate", "draw_noise"]
@@ -74,7 +74,7 @@ def evaluate(net, dataset, *, nfes: Sequence[int] = (1, 2, 4, 8), num_samples: i
     """
     nfes = tuple(int(k) for k in nfes)
     names = list(metrics) if metrics is not None else default_metrics(dataset.name, dataset.kind)
-    specs = {name: get_metric(name) for name in names}  # unknown names fail before any work
+    specs = {name: METRICS.lookup(name) for name in names}  # unknown names fail before any work
     for spec in specs.values():
         if dataset.kind not in spec.kinds:
             raise ValueError(f"metric '{spec.name}' does not apply to {dataset.kind} data "

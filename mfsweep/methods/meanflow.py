@@ -1,6 +1,6 @@
-"""The MeanFlow training target and loss (Geng et al. 2025, arXiv 2505.13447; METHOD.md §2–§4).
+"""The MeanFlow training target and loss (Geng et al. 2025, arXiv 2505.13447; docs/method.md §2–§4).
 
-Convention (METHOD.md §1): t = 1 is noise, t = 0 is data, z_t = (1 − t)·x + t·e, v = e − x.
+Convention (docs/method.md §1): t = 1 is noise, t = 0 is data, z_t = (1 − t)·x + t·e, v = e − x.
 The network predicts the average velocity u(z_t, r, t) = 1/(t − r) ∫_r^t v(z_τ, τ) dτ.
 
 The MeanFlow identity (paper Eq. 6) is u = v − (t − r)·(v·∂_z u + ∂_t u); the bracket is one
@@ -15,28 +15,22 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from mfsweep.methods import TANGENTS
 from mfsweep.methods.timesteps import num_r_neq_t, sample_t_r
-
-# Tangent on (z, r, t) as (uses v for z, dr, dt). Table 1b of the paper: only (v, 0, 1) is the
-# total derivative d/dt along the trajectory; the others are the ablation's wrong variants.
-TANGENTS: dict[str, tuple[float, float]] = {
-    "v01": (0.0, 1.0),
-    "v00": (0.0, 0.0),
-    "v10": (1.0, 0.0),
-    "v11": (1.0, 1.0),
-}
-
-
-def _tangent(name: str) -> tuple[float, float]:
-    try:
-        return TANGENTS[name]
-    except KeyError:
-        raise ValueError(f"unknown tangent {name!r}; valid: {', '.join(TANGENTS)}") from None
 
 
 def _per_sample(x: Tensor, ndim: int) -> Tensor:
     """Reshape (B,) to (B, 1, ..., 1) so it broadcasts against a (B, ...) tensor of ndim dims."""
     return x.reshape(-1, *([1] * (ndim - 1)))
+
+
+def linear_path(x: Tensor, e: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """The point z_t = (1 − t)·x + t·e and the conditional velocity v = e − x (docs/method.md §1).
+
+    x, e: (B, ...); t: (B,). Returns z_t and v, both (B, ...).
+    """
+    tb = _per_sample(t, x.ndim)
+    return (1 - tb) * x + tb * e, e - x
 
 
 def meanflow_target(
@@ -47,21 +41,21 @@ def meanflow_target(
     v: Tensor,
     tangent: str = "v01",
 ) -> tuple[Tensor, Tensor]:
-    """Network output and stop-gradient MeanFlow target, from one forward-mode JVP.
+    """Network output and stop-gradient MeanFlow target, from one forward-mode JVP (paper Eq. 6, 10).
 
     Args:
         u_fn: ``u_fn(z, r, t) -> u``, with ``z: (B, ...)``, ``r, t: (B,)``, ``u: (B, ...)``.
         z: points on the path z_t, shape (B, ...).
         r, t: times, shape (B,), 0 ≤ r ≤ t ≤ 1.
         v: the velocity used both as the z-tangent and in the target, shape (B, ...)
-            (the conditional velocity e − x, or the CFG-folded ṽ of METHOD.md §4).
+            (the conditional velocity e − x, or the CFG-folded ṽ of docs/method.md §4).
         tangent: "v01" (correct: tangent (v, 0, 1)), or the ablations "v00", "v10", "v11".
 
     Returns:
         ``(u, u_tgt)``: u is the JVP's primal output (it carries gradients to the network);
         ``u_tgt = v − (t − r)·dudt`` is detached.
     """
-    dr, dt = _tangent(tangent)
+    dr, dt = TANGENTS.lookup(tangent)
     tangents = (v, torch.full_like(r, dr), torch.full_like(t, dt))
     u, dudt = torch.func.jvp(u_fn, (z, r, t), tangents)
     u_tgt = v - _per_sample(t - r, z.ndim) * dudt
@@ -70,7 +64,7 @@ def meanflow_target(
 
 @dataclass(frozen=True)
 class CFGSettings:
-    """Classifier-free guidance folded into the target (paper §4.2, METHOD.md §4).
+    """Classifier-free guidance folded into the target (paper §4.2, docs/method.md §4).
 
     ṽ = ω·v + κ·u(z_t, t, t | c) + (1 − ω − κ)·u(z_t, t, t | ∅) for t in [t_start, t_end];
     elsewhere, and on class-dropped rows, ṽ = v. The effective scale is ω / (1 − κ).
@@ -85,6 +79,24 @@ class CFGSettings:
     @property
     def guided(self) -> bool:
         return self.omega != 1.0 or self.kappa != 0.0
+
+
+def guided_velocity(net, cfg: CFGSettings, z: Tensor, t: Tensor, v: Tensor, y: Tensor, dropped: Tensor,
+                    null_class: int) -> Tensor:
+    """ṽ of docs/method.md §4 from the network's own r = t predictions, without gradient.
+
+    z, v: (B, ...); t: (B,); y: (B,) labels (dropped rows already set to ``null_class``);
+    dropped: (B,) bool. Returns ṽ (B, ...).
+    """
+    null = torch.full_like(y, null_class)
+    with torch.no_grad():
+        both = net(torch.cat([z, z]), torch.cat([t, t]), torch.cat([t, t]), torch.cat([y, null]))
+    u_c, u_null = both.chunk(2)
+    active = (t >= cfg.t_start) & (t <= cfg.t_end) & ~dropped
+    # full_like keeps v's dtype (a Python scalar in torch.where would round through float32).
+    omega = _per_sample(torch.where(active, torch.full_like(t, cfg.omega), torch.ones_like(t)), v.ndim)
+    kappa = _per_sample(torch.where(active, torch.full_like(t, cfg.kappa), torch.zeros_like(t)), v.ndim)
+    return omega * v + kappa * u_c + (1.0 - omega - kappa) * u_null
 
 
 class MeanFlowLoss:
@@ -105,10 +117,9 @@ class MeanFlowLoss:
         weight_eps: float = 1e-3,
         cfg: CFGSettings | None = None,
         num_classes: int | None = None,
-        jvp_subset: bool = True,
         u_from: str = "jvp",
     ):
-        _tangent(tangent)
+        TANGENTS.check(tangent)
         num_r_neq_t(1, frac_r_neq_t)  # range check
         self.time_sampler = time_sampler
         self.time_params = dict(time_params or {"mu": -0.4, "sigma": 1.0})
@@ -118,30 +129,14 @@ class MeanFlowLoss:
         self.weight_eps = weight_eps
         self.cfg = cfg or CFGSettings()
         self.num_classes = num_classes
-        # Rows with r = t have target v exactly (the JVP term is multiplied by t − r = 0), so the
-        # JVP runs on the r ≠ t rows only. jvp_subset=False runs it on every row (same loss).
-        self.jvp_subset = jvp_subset
         # Where u (the prediction that gets gradients) comes from: "jvp", the JVP's primal output
-        # (METHOD.md §2; autograd also records the tangent computation), or "forward": the JVP runs
-        # under no_grad for the target only and one ordinary forward of the whole batch gives u.
-        # Same loss and gradients without dropout; less activation memory, one more forward of
+        # (docs/method.md §2; autograd also records the tangent computation), or "forward": the JVP
+        # runs under no_grad for the target only and one ordinary forward of the whole batch gives
+        # u. Same loss and gradients without dropout; less activation memory, one more forward of
         # the r ≠ t rows. With dropout the two passes would draw different masks.
         if u_from not in ("jvp", "forward"):
-            raise ValueError(f"unknown u_from {u_from!r}; valid: jvp, forward")
+            raise ValueError(f"unknown u_from {u_from!r}; valid: forward, jvp")
         self.u_from = u_from
-
-    def _guided_velocity(self, net, z: Tensor, t: Tensor, v: Tensor, y: Tensor, dropped: Tensor):
-        """ṽ of METHOD.md §4, from the network's own r = t predictions, without gradient."""
-        null = torch.full_like(y, self.num_classes)
-        with torch.no_grad():
-            both = net(torch.cat([z, z]), torch.cat([t, t]), torch.cat([t, t]), torch.cat([y, null]))
-        u_c, u_null = both.chunk(2)
-        c = self.cfg
-        active = (t >= c.t_start) & (t <= c.t_end) & ~dropped
-        # full_like keeps v's dtype (a Python scalar in torch.where would round through float32).
-        omega = _per_sample(torch.where(active, torch.full_like(t, c.omega), torch.ones_like(t)), v.ndim)
-        kappa = _per_sample(torch.where(active, torch.full_like(t, c.kappa), torch.zeros_like(t)), v.ndim)
-        return omega * v + kappa * u_c + (1.0 - omega - kappa) * u_null
 
     def __call__(
         self, net, x: Tensor, y: Tensor | None = None, generator: torch.Generator | None = None
@@ -151,15 +146,25 @@ class MeanFlowLoss:
         e = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         t, r = sample_t_r(b, self.time_sampler, self.time_params, self.frac_r_neq_t, generator, x.device)
         t, r = t.to(x.dtype), r.to(x.dtype)
-        z = (1 - _per_sample(t, x.ndim)) * x + _per_sample(t, x.ndim) * e
-        v = e - x
+        z, v = linear_path(x, e, t)
         if y is not None and self.num_classes is not None:
             dropped = torch.rand(b, generator=generator, device=x.device) < self.cfg.class_dropout
             y = torch.where(dropped, torch.full_like(y, self.num_classes), y)
             if self.cfg.guided:
-                v = self._guided_velocity(net, z, t, v, y, dropped)
+                v = guided_velocity(net, self.cfg, z, t, v, y, dropped, self.num_classes)
+        u, u_tgt = self._prediction_and_target(net, z, r, t, v, y, num_r_neq_t(b, self.frac_r_neq_t))
+        sq_err = (u - u_tgt).pow(2).flatten(1).sum(1)  # (B,), summed over data dimensions
+        # Adaptive weighting (paper §4.3): ‖Δ‖² / sg(‖Δ‖² + c)^p; p = 0 is plain L2.
+        loss = sq_err / (sq_err.detach() + self.weight_eps).pow(self.weight_power) if self.weight_power > 0 else sq_err
+        # Detached tensors, not floats: .item() every step would force a device sync.
+        return loss, {"mse": sq_err.detach().mean(), "loss": loss.detach().mean()}
 
-        n = num_r_neq_t(b, self.frac_r_neq_t) if self.jvp_subset else b
+    def _prediction_and_target(self, net, z, r, t, v, y, n: int) -> tuple[Tensor, Tensor]:
+        """u and the detached target for the batch whose first ``n`` rows have r ≠ t.
+
+        Rows with r = t have target v exactly (the JVP term is multiplied by t − r = 0), so the
+        JVP runs on the first n rows only (docs/method.md §2).
+        """
         y_head, y_tail = (None, None) if y is None else (y[:n], y[n:])
         head = (lambda z_, r_, t_: net(z_, r_, t_, y_head), z[:n], r[:n], t[:n], v[:n], self.tangent)
         empty = v[:0]
@@ -169,15 +174,6 @@ class MeanFlowLoss:
             u = net(z, r, t, y)
         else:
             u_head, tgt_head = meanflow_target(*head) if n else (empty, empty)
+            b = z.shape[0]
             u = u_head if n == b else torch.cat([u_head, net(z[n:], r[n:], t[n:], y_tail)])
-        u_tgt = torch.cat([tgt_head, v[n:].detach()])  # rows with r = t: the target is v itself
-
-        sq_err = (u - u_tgt).pow(2).flatten(1).sum(1)  # (B,), summed over data dimensions
-        if self.weight_power > 0:
-            # Adaptive weighting (paper §4.3): ‖Δ‖² / sg(‖Δ‖² + c)^p.
-            loss = sq_err / (sq_err.detach() + self.weight_eps).pow(self.weight_power)
-        else:
-            loss = sq_err
-        # Detached tensors, not floats: .item() every step would force a device sync.
-        monitors = {"mse": sq_err.detach().mean(), "loss": loss.detach().mean()}
-        return loss, monitors
+        return u, torch.cat([tgt_head, v[n:].detach()])

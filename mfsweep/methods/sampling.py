@@ -1,4 +1,4 @@
-"""Few-step sampling with the average velocity (METHOD.md §1; k-diffusion-style signature).
+"""Few-step sampling with the average velocity (docs/method.md §1; k-diffusion-style signature).
 
 One jump of the flow from t to r is z_r = z_t − (t − r)·u(z_t, r, t). With a time grid
 1 = t_0 > t_1 > … > t_k = 0 the sampler makes k jumps, so NFE = len(grid) − 1. A Flow Matching
@@ -10,16 +10,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-TIME_GRIDS = ("linspace",)
+from mfsweep.methods import TIME_GRIDS
+
+
+def linspace_grid(nfe: int, dtype=torch.float32, device="cpu") -> Tensor:
+    """Equal steps: 1, 1 − 1/nfe, …, 0."""
+    return torch.linspace(1.0, 0.0, nfe + 1, dtype=dtype, device=device)
 
 
 def make_time_grid(nfe: int, rule: str = "linspace", dtype=torch.float32, device="cpu") -> Tensor:
-    """Decreasing time grid of shape (nfe + 1,) from 1 (noise) to 0 (data)."""
+    """Decreasing time grid of shape (nfe + 1,) from 1 (noise) to 0 (data); ``rule`` from TIME_GRIDS."""
     if not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"nfe must be a positive integer, got {nfe!r}")
-    if rule == "linspace":
-        return torch.linspace(1.0, 0.0, nfe + 1, dtype=dtype, device=device)
-    raise ValueError(f"unknown time-grid rule {rule!r}; valid: {', '.join(TIME_GRIDS)}")
+    return TIME_GRIDS.lookup(rule)(nfe, dtype=dtype, device=device)
 
 
 def check_time_grid(time_grid: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""(t, r) samplers for MeanFlow training (METHOD.md §3; paper §4.3, Table 1a and 1d).
+"""(t, r) samplers for MeanFlow training (docs/method.md §3; paper §4.3, Table 1a and 1d).
 
 Convention: t = 1 is noise, t = 0 is data, 0 ≤ r ≤ t ≤ 1.
 
@@ -10,16 +10,13 @@ Flow Matching target v.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import Tensor
 
-# name -> fn(n, params, generator, device) -> (t_raw, r_raw), two independent draws of shape (n,)
-TimePairFn = Callable[[int, dict, "torch.Generator | None", torch.device], tuple[Tensor, Tensor]]
+from mfsweep.methods import TIME_SAMPLERS
 
 
-def _uniform(n: int, params: dict, gen, device) -> tuple[Tensor, Tensor]:
+def uniform_pair(n: int, params: dict, gen, device) -> tuple[Tensor, Tensor]:
     a = torch.rand(n, generator=gen, device=device)
     b = torch.rand(n, generator=gen, device=device)
     return a, b
@@ -29,33 +26,17 @@ def _logit_normal(mu: float, sigma: float, n: int, gen, device) -> Tensor:
     return torch.sigmoid(mu + sigma * torch.randn(n, generator=gen, device=device))
 
 
-def _logit_normal_pair(n: int, params: dict, gen, device) -> tuple[Tensor, Tensor]:
+def logit_normal_pair(n: int, params: dict, gen, device) -> tuple[Tensor, Tensor]:
     mu, sigma = params["mu"], params["sigma"]
     return _logit_normal(mu, sigma, n, gen, device), _logit_normal(mu, sigma, n, gen, device)
 
 
-def _separate_logit_normal(n: int, params: dict, gen, device) -> tuple[Tensor, Tensor]:
+def separate_logit_normal_pair(n: int, params: dict, gen, device) -> tuple[Tensor, Tensor]:
     # t ~ LN(mu, sigma), r ~ LN(r_mu, r_sigma), then ordered (public CIFAR-10 setting:
     # t ~ LN(-0.6, 1.6), r ~ LN(-4.0, 1.6)).
     t = _logit_normal(params["mu"], params["sigma"], n, gen, device)
     r = _logit_normal(params["r_mu"], params["r_sigma"], n, gen, device)
     return t, r
-
-
-TIME_SAMPLERS: dict[str, TimePairFn] = {
-    "uniform": _uniform,
-    "logit_normal": _logit_normal_pair,
-    "separate_logit_normal": _separate_logit_normal,
-}
-
-
-def get_time_sampler(name: str) -> TimePairFn:
-    """Look a sampler up by name; an unknown name lists the valid ones."""
-    try:
-        return TIME_SAMPLERS[name]
-    except KeyError:
-        valid = ", ".join(sorted(TIME_SAMPLERS))
-        raise ValueError(f"unknown time sampler {name!r}; valid: {valid}") from None
 
 
 def num_r_neq_t(batch_size: int, frac_r_neq_t: float) -> int:
@@ -78,7 +59,7 @@ def sample_t_r(
     The first ``round(frac_r_neq_t * B)`` rows keep r = min(draws) ≤ t = max(draws); the remaining
     rows have r = t exactly.
     """
-    fn = get_time_sampler(name)
+    fn = TIME_SAMPLERS.lookup(name)
     a, b = fn(batch_size, params, generator, torch.device(device))
     t, r = torch.maximum(a, b), torch.minimum(a, b)
     n = num_r_neq_t(batch_size, frac_r_neq_t)

@@ -1,37 +1,38 @@
-"""Backbone registry. Every backbone is ``net(z, r, t, y=None) -> u`` with z, u: (B, *data_shape),
-r, t: (B,), y: (B,) int64 or None; class index ``num_classes`` is the null class (CFG)."""
+"""The backbone registry. Every backbone is ``net(z, r, t, y=None) -> u`` with z, u: (B, *data_shape),
+r, t: (B,), y: (B,) int64 or None; class index ``num_classes`` is the null class (CFG).
+
+    embedding.py   the time-embedding variants (paper Table 1c) and the class embedding
+    mlp.py         residual MLP (2-D toys, small vectors, flattened images)
+    unet.py        a small convolutional U-Net (small images)
+
+A backbone module exposes ``from_config(model_cfg, data_shape, num_classes) -> nn.Module`` and is
+registered here by import path, so naming one in a config does not import torch.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING
 
-from torch import nn
+from mfsweep.registry import Registry, lazy
 
-from mfsweep.models.embedding import TIME_EMBEDDINGS
-from mfsweep.models.mlp import MLP
-from mfsweep.models.unet import UNet
+if TYPE_CHECKING:
+    from torch import nn
 
+#: Which scalars the network sees (paper Table 1c; docs/method.md §2). Default (t, t − r).
+TIME_EMBEDDINGS = Registry("time embedding", {
+    "t_tr": ("t", "t-r"),
+    "t_r": ("t", "r"),
+    "tr": ("t-r",),
+    "t_r_tr": ("t", "r", "t-r"),
+})
 
-def _mlp(cfg, data_shape, num_classes) -> nn.Module:
-    return MLP(data_shape, hidden_dim=cfg.hidden_dim, depth=cfg.depth, time_embedding=cfg.time_embedding,
-               num_classes=num_classes, dropout=cfg.dropout, time_scale=cfg.time_scale)
-
-
-def _unet(cfg, data_shape, num_classes) -> nn.Module:
-    return UNet(data_shape, channels=cfg.channels, channel_mult=tuple(cfg.channel_mult),
-                time_embedding=cfg.time_embedding, num_classes=num_classes, dropout=cfg.dropout, time_scale=cfg.time_scale)
-
-
-BACKBONES: dict[str, Callable[..., nn.Module]] = {"mlp": _mlp, "unet": _unet}
+#: ``model.backbone`` → ``from_config(model_cfg, data_shape, num_classes) -> nn.Module``.
+BACKBONES = Registry("backbone", {
+    "mlp": lazy("mfsweep.models.mlp:from_config"),
+    "unet": lazy("mfsweep.models.unet:from_config"),
+})
 
 
 def build_backbone(model_cfg, data_shape: tuple[int, ...], num_classes: int | None) -> nn.Module:
     """Build the backbone named by ``model_cfg.backbone`` (a ``ModelConfig``)."""
-    try:
-        factory = BACKBONES[model_cfg.backbone]
-    except KeyError:
-        raise ValueError(f"unknown backbone {model_cfg.backbone!r}; valid: {', '.join(BACKBONES)}") from None
-    return factory(model_cfg, tuple(data_shape), num_classes)
-
-
-__all__ = ["BACKBONES", "TIME_EMBEDDINGS", "build_backbone", "MLP", "UNet"]
+    return BACKBONES.lookup(model_cfg.backbone)(model_cfg, tuple(data_shape), num_classes)

@@ -7,30 +7,21 @@ import math
 import torch
 from torch import Tensor, nn
 
-# Which scalars the network sees (paper Table 1c; METHOD.md §2). Default (t, t − r).
-TIME_EMBEDDINGS: dict[str, tuple[str, ...]] = {
-    "t_tr": ("t", "t-r"),
-    "t_r": ("t", "r"),
-    "tr": ("t-r",),
-    "t_r_tr": ("t", "r", "t-r"),
-}
-
-
-def _check_variant(variant: str) -> str:
-    if variant not in TIME_EMBEDDINGS:
-        raise ValueError(f"unknown time embedding {variant!r}; valid: {', '.join(TIME_EMBEDDINGS)}")
-    return variant
+from mfsweep.models import TIME_EMBEDDINGS
 
 
 def time_scalars(variant: str, r: Tensor, t: Tensor) -> Tensor:
     """Stack the variant's scalars: (B,) and (B,) → (B, k)."""
-    _check_variant(variant)
+    names = TIME_EMBEDDINGS.lookup(variant)
     values = {"t": t, "r": r, "t-r": t - r}
-    return torch.stack([values[name] for name in TIME_EMBEDDINGS[variant]], dim=1)
+    return torch.stack([values[name] for name in names], dim=1)
 
 
-def sinusoidal(x: Tensor, dim: int, scale: float = 1000.0, max_period: float = 10000.0) -> Tensor:
-    """Transformer-style features of scalars in [0, 1]: (B, k) → (B, k·dim)."""
+def sinusoidal(x: Tensor, dim: int, scale: float, max_period: float = 10000.0) -> Tensor:
+    """Transformer-style features of scalars in [0, 1]: (B, k) → (B, k·dim).
+
+    The scalars are multiplied by ``scale`` first (DiT uses 1000; mfsweep's default is
+    ``model.time_scale`` = 10, see docs/benchmarks.md "time_scale")."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=x.device, dtype=x.dtype) / half)
     args = scale * x[..., None] * freqs  # (B, k, half)
@@ -43,11 +34,10 @@ class Conditioning(nn.Module):
     def __init__(self, dim: int, time_embedding: str = "t_tr", num_classes: int | None = None, freq_dim: int = 64,
                  time_scale: float = 10.0):
         super().__init__()
-        self.time_embedding = _check_variant(time_embedding)
+        self.time_embedding = TIME_EMBEDDINGS.check(time_embedding)
         self.freq_dim = freq_dim
         # Times in [0, 1] are multiplied by time_scale before the sinusoids. The JVP differentiates
         # through them, so a large scale (DiT's 1000) means large ∂u/∂t in the target.
-        # sinusoidal() keeps its DiT-style default of 1000 for other callers.
         self.time_scale = time_scale
         k = len(TIME_EMBEDDINGS[time_embedding])
         self.time_mlp = nn.Sequential(nn.Linear(k * freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))

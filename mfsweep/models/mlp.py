@@ -43,3 +43,8 @@ class MLP(nn.Module):
         for block in self.blocks:
             h = block(h, c)
         return self.out(h).reshape(z.shape)
+
+
+def from_config(cfg, data_shape: tuple[int, ...], num_classes: int | None) -> MLP:
+    return MLP(data_shape, hidden_dim=cfg.hidden_dim, depth=cfg.depth, time_embedding=cfg.time_embedding,
+               num_classes=num_classes, dropout=cfg.dropout, time_scale=cfg.time_scale)

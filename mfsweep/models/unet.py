@@ -2,7 +2,7 @@
 
 Normalisation is GroupNorm without affine parameters plus an explicit scale/shift from the
 conditioning (FiLM): per-sample, so samples stay independent and torch.func.jvp works (no
-BatchNorm; METHOD.md §6).
+BatchNorm; docs/method.md §6).
 """
 
 from __future__ import annotations
@@ -85,3 +85,9 @@ class UNet(nn.Module):
                 h = F.interpolate(h, scale_factor=2.0, mode="nearest")
             h = block(torch.cat([h, skips.pop()], dim=1), c)
         return self.out(F.silu(self.out_norm(h)))
+
+
+def from_config(cfg, data_shape: tuple[int, ...], num_classes: int | None) -> UNet:
+    return UNet(data_shape, channels=cfg.channels, channel_mult=tuple(cfg.channel_mult),
+                time_embedding=cfg.time_embedding, num_classes=num_classes, dropout=cfg.dropout,
+                time_scale=cfg.time_scale)

@@ -1,5 +1,6 @@
-"""Study axes: which dotted keys exist in the trial schema, how axis values are merged into a trial
-config, labelled in trial ids and reported as MLflow ``axis.<key>`` tags.
+"""Study axes: which dotted keys exist in the trial schema, what an axis is (grid values, labelled
+values or a distribution), how its values are drawn, labelled in trial ids and reported as MLflow
+``axis.<key>`` tags.
 
 An axis value that is a mapping (e.g. ``meanflow.time_sampler: [{name: uniform}, {name:
 logit_normal, mu: -0.4}]``) is *merged* into the base config at that key. It is reported as the
@@ -9,14 +10,18 @@ scalar of the trial schema and matches the paper's tables (analysis/paper.py).
 
 from __future__ import annotations
 
-import copy
 import difflib
+import math
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel
 
 from mfsweep.config import TrialConfig, flatten
+
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 
 #: Keys a study may not sweep as axes: the seed has its own list, the name is the trial id.
 RESERVED = {"seed": "use the study's `seeds:` list (it becomes the axis named seed)",
@@ -51,35 +56,6 @@ def check_axis_key(key: str) -> str | None:
         close = [k for k in keys if difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1]], cutoff=0.75)][:3]
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return f"unknown config key {key!r}{hint}"
-
-
-def deep_merge(base: Any, override: Any) -> Any:
-    """``override`` merged into ``base``: mappings recursively, anything else replaced (copied)."""
-    if isinstance(base, dict) and isinstance(override, dict):
-        out = copy.deepcopy(base)
-        for k, v in override.items():
-            out[k] = deep_merge(out.get(k), v) if k in out else copy.deepcopy(v)
-        return out
-    return copy.deepcopy(override)
-
-
-def set_axis(raw: dict, key: str, value: Any) -> None:
-    """Put one axis value into a raw trial config (mappings merge into what is there)."""
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    leaf = parts[-1]
-    node[leaf] = deep_merge(node[leaf], value) if isinstance(node.get(leaf), dict) else copy.deepcopy(value)
-
-
-def get_dotted(cfg: BaseModel | dict, key: str) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        node = node[part] if isinstance(node, dict) else getattr(node, part)
-    return node
 
 
 def as_tag(value: Any) -> str:
@@ -127,3 +103,65 @@ def trial_id(index: int, parts: list[tuple[str, Any]], seed: int, max_len: int =
     text = f"t{index:03d}" + (f"-{body}" if body else "")
     tail = f"-seed={seed}"
     return text[: max_len - len(tail)] + tail
+
+
+def is_distribution(spec: Any) -> bool:
+    """``{uniform: [lo, hi]}`` and friends (a one-key mapping named after a distribution)."""
+    return isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in DISTRIBUTIONS
+
+
+@dataclass
+class Axis:
+    """One swept key: ``values`` (grid / choice) or a distribution ``kind`` with ``bounds``."""
+
+    key: str
+    values: list[Any] | None = None
+    kind: str = "grid"  # grid | choice | uniform | loguniform | int
+    bounds: tuple[float, float] | None = None
+    leaves: list[str] = field(default_factory=list)  # reported axis keys (scalars of the schema)
+    labels: list[str] | None = None  # labelled values ({label: value} in the study): reported as the label
+
+    def choices(self) -> list[Any]:
+        """What a search algorithm picks from: labels, or the values themselves when scalar."""
+        return list(self.labels) if self.labels else choice_labels(self.values)
+
+    def id_value(self, value: Any) -> Any:
+        """The value as it appears in a trial id (its label for labelled axes)."""
+        return self.labels[self.values.index(value)] if self.labels else value
+
+
+def choice_labels(values: list[Any]) -> list[Any]:
+    """Values a search algorithm can hold: scalars as they are, mappings / lists as strings."""
+    if all(isinstance(v, (str, int, float, bool)) for v in values):
+        return list(values)
+    return [as_tag(v) for v in values]
+
+
+def round_value(v: Any) -> Any:
+    return float(f"{v:.6g}") if isinstance(v, float) else v
+
+
+def parse_axes(spec_by_key: dict[str, Any], algorithm: str) -> list[Axis]:
+    """The study's ``axes:`` mapping (already checked by ``checks.axis_errors``) as Axis objects."""
+    axes = []
+    for key, spec in spec_by_key.items():
+        kind = "grid" if algorithm == "grid" else "choice"
+        if isinstance(spec, list):
+            axes.append(Axis(key, list(spec), kind))
+        elif not is_distribution(spec):  # labelled values
+            axes.append(Axis(key, list(spec.values()), kind, labels=[str(k) for k in spec]))
+        else:
+            kind, arg = next(iter(spec.items()))
+            axes.append(Axis(key, list(arg), kind) if kind == "choice" else Axis(key, None, kind, tuple(arg)))
+    return axes
+
+
+def draw(axis: Axis, rng: np.random.Generator) -> Any:
+    if axis.values is not None:
+        return axis.values[int(rng.integers(len(axis.values)))]
+    lo, hi = axis.bounds
+    if axis.kind == "int":
+        return int(rng.integers(int(lo), int(hi) + 1))
+    if axis.kind == "loguniform":
+        return round_value(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+    return round_value(float(rng.uniform(lo, hi)))

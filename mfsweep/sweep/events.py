@@ -2,7 +2,7 @@
 
 Tune pickles its callbacks with the experiment, and ``Tuner.restore`` brings back those copies.
 The callback is therefore a stateless forwarder to the live ``StudyEvents`` of this process
-(``mfsweep.sweep.runner._EVENTS``), so a resumed study logs through fresh MLflow clients.
+(set by the runner with ``attach`` / ``detach``), so a resumed study logs through fresh MLflow clients.
 """
 
 from __future__ import annotations
@@ -16,6 +16,18 @@ from ray.tune import Callback
 from mfsweep.sweep.plan import StudyPlan, TrialSpec
 from mfsweep.sweep.tracking import StudyTracker
 from mfsweep.sweep.tune import trial_of
+
+
+_LIVE: dict[str, StudyEvents] = {}  # the live event handler, looked up by the (pickled) Tune callback
+
+
+def attach(events: StudyEvents) -> None:
+    """Make ``events`` the handler that every ForwardingCallback of this process forwards to."""
+    _LIVE["events"] = events
+
+
+def detach() -> None:
+    _LIVE.pop("events", None)
 
 
 def error_summary(trace: str) -> str:
@@ -108,9 +120,7 @@ class ForwardingCallback(Callback):
     """Tune callback with no state of its own: forwards to the live StudyEvents (or does nothing)."""
 
     def _events(self) -> StudyEvents | None:
-        from mfsweep.sweep.runner import _EVENTS
-
-        return _EVENTS.get("events")
+        return _LIVE.get("events")
 
     def on_trial_start(self, iteration, trials, trial, **info):
         if (ev := self._events()) is not None:

@@ -19,7 +19,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from mfsweep.config import ConfigError
 from mfsweep.sweep.plan import StudyPlan
@@ -28,7 +27,6 @@ from mfsweep.sweep.tracking import StudyTracker
 #: Tune's own console output off (mfsweep prints one line per trial event instead).
 QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 TERMINAL = ("finished", "failed", "diverged", "stopped")
-_EVENTS: dict[str, Any] = {}  # the live event handler, looked up by the (pickled) Tune callback
 
 
 @dataclass
@@ -136,7 +134,7 @@ def run_plan(plan: StudyPlan, study_text: str, *, tracking_uri: str, address: st
              max_concurrent: int | None = None, restart: bool = False, num_cpus: int | None = None,
              resolved_yaml: str | None = None, console=None) -> RunOutcome:
     """Run (or resume) the study; trial failures are recorded, not raised."""
-    from mfsweep.sweep.events import StudyEvents, forwarding_callback
+    from mfsweep.sweep.events import StudyEvents, attach, detach, forwarding_callback
     from mfsweep.sweep.tune import make_tuner, restore_tuner
 
     study = plan.study
@@ -160,7 +158,7 @@ def run_plan(plan: StudyPlan, study_text: str, *, tracking_uri: str, address: st
                                     "parent_run_id": parent_id, "tracking_uri": tracking_uri,
                                     "created": (state or {}).get("created", time.strftime("%Y-%m-%dT%H:%M:%S"))})
         events = StudyEvents(plan, tracker, console)
-        _EVENTS["events"] = events
+        attach(events)
         exp_path = f"{study_dir}/{execution_id}"
         from ray import tune
 
@@ -189,7 +187,7 @@ def run_plan(plan: StudyPlan, study_text: str, *, tracking_uri: str, address: st
         tracker.close_parent("KILLED" if interrupted else "FINISHED", rows)
         return RunOutcome(execution_id, parent_id, tracking_uri, exp_path, resumed, interrupted, wall, slots, rows)
     finally:
-        _EVENTS.pop("events", None)
+        detach()
         if started:
             import ray
 

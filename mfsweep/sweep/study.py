@@ -20,22 +20,16 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from mfsweep.config import ConfigError, validation_errors, parse_override, read_yaml, set_dotted
-
-DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+from mfsweep.config import ConfigError, Strict, parse_override, read_yaml, set_dotted, validation_errors
+from mfsweep.sweep.checks import axis_errors, shared_config_errors
 
 
-class SearchSpec(_Strict):
+class SearchSpec(Strict):
     algorithm: Literal["grid", "random", "optuna"] = "grid"
     sampler: Literal["tpe", "random", "cmaes"] = "tpe"  # optuna only
     num_samples: int = Field(1, ge=1, description="random / optuna: points to try (random: each with every seed)")
@@ -44,7 +38,7 @@ class SearchSpec(_Strict):
     seed: int = 0  # the search algorithm's own seed (random points, Optuna sampler)
 
 
-class SchedulerSpec(_Strict):
+class SchedulerSpec(Strict):
     name: Literal["none", "asha"] = "none"
     metric: str | None = None  # default: search.metric
     mode: Literal["min", "max"] | None = None  # default: search.mode
@@ -53,22 +47,22 @@ class SchedulerSpec(_Strict):
     max_t: int | None = Field(None, ge=1, description="default: base train.steps")
 
 
-class Resources(_Strict):
+class Resources(Strict):
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0, description="fractional GPUs allowed, e.g. 0.25")
 
 
-class Tracking(_Strict):
+class Tracking(Strict):
     uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current folder
     experiment: str | None = None  # default: the study name
 
 
-class Storage(_Strict):
+class Storage(Strict):
     path: str = "./runs/ray"  # local folder, shared mount, or a URI such as s3://bucket/prefix
     shared: bool = False  # assert that a plain path is shared by every node of a Ray cluster
 
 
-class Study(_Strict):
+class Study(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     paper_table: Literal["1a", "1b", "1c", "1d", "1e", "1f", "5"] | None = None
@@ -110,57 +104,6 @@ class Study(_Strict):
         return self.tracking.experiment or self.name
 
 
-def axis_errors(axes: Any, algorithm: str) -> list[tuple[str, str]]:
-    """Shape checks of ``axes``: known keys, non-empty lists, well-formed distributions."""
-    from mfsweep.sweep.axes import check_axis_key
-
-    if not isinstance(axes, dict):
-        return [("axes", f"expected a mapping of dotted config keys, got {type(axes).__name__}")]
-    errors = []
-    for key, spec in axes.items():
-        path = f"axes.{key}"
-        if (msg := check_axis_key(str(key))) is not None:
-            errors.append((path, msg))
-        if isinstance(spec, list):
-            if not spec:
-                errors.append((path, "empty list of values"))
-            elif len({json.dumps(v, sort_keys=True, default=str) for v in spec}) != len(spec):
-                errors.append((path, "repeated values (a grid cell would run twice)"))
-        elif is_distribution(spec):
-            errors += _distribution_errors(path, spec, algorithm)
-        elif isinstance(spec, dict) and spec:  # labelled values {label: value}
-            errors += [(f"{path}.{label}", "a label must be a non-empty string of letters, digits, . _ + -")
-                       for label in spec if not (isinstance(label, str) and re.fullmatch(r"[A-Za-z0-9._+-]+", label))]
-        else:
-            errors.append((path, "expected a list of values (grid), labelled values {label: value, ...}, or one of "
-                                 "{uniform: [lo, hi]}, {loguniform: [lo, hi]}, {int: [lo, hi]}, {choice: [...]}"))
-    return errors
-
-
-def is_distribution(spec: Any) -> bool:
-    """``{uniform: [lo, hi]}`` and friends (a one-key mapping named after a distribution)."""
-    return isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in DISTRIBUTIONS
-
-
-def _distribution_errors(path: str, spec: dict, algorithm: str) -> list[tuple[str, str]]:
-    kind, arg = next(iter(spec.items()))
-    path = f"{path}.{kind}"
-    if algorithm == "grid":
-        return [(path, "a distribution needs search.algorithm random or optuna (grid takes a list of values)")]
-    if kind == "choice":
-        return [] if isinstance(arg, list) and arg else [(path, "expected a non-empty list of values")]
-    if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in arg)):
-        return [(path, f"expected [lo, hi] numbers, got {arg!r}")]
-    lo, hi = arg
-    if not lo < hi:
-        return [(path, f"need lo < hi, got [{lo}, {hi}]")]
-    if kind == "loguniform" and lo <= 0:
-        return [(path, f"loguniform needs 0 < lo, got {lo}")]
-    if kind == "int" and not (float(lo).is_integer() and float(hi).is_integer()):
-        return [(path, f"int bounds must be integers, got [{lo}, {hi}]")]
-    return []
-
-
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """``--set`` on the study's own keys: ``base.train.steps=200``, ``seeds=[0]``,
     ``axes.meanflow.frac_r_neq_t=[0, 0.5]`` (an axis key keeps its dots)."""
@@ -190,8 +133,6 @@ def parse_study(raw: Any, source: str = "study") -> Study:
     algorithm = raw.get("search", {}).get("algorithm", "grid") if isinstance(raw.get("search"), dict) else "grid"
     errors += axis_errors(raw.get("axes", {}), algorithm)
     if errors:  # also report what is wrong in the trial config parts, all in one go
-        from mfsweep.sweep.plan import shared_config_errors
-
         errors += shared_config_errors(raw.get("base", {}), raw.get("eval", {}))
         raise ConfigError(errors, source)
     return study

@@ -23,12 +23,12 @@ from mlflow.entities import Metric, Param, RunTag, ViewType
 
 import mfsweep
 from mfsweep.config import dump_yaml, flatten
+from mfsweep.schema import quote
 from mfsweep.sweep.plan import StudyPlan, TrialSpec
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 MAX_TAG = 5000
 MLFLOW_STATUS = {"finished": "FINISHED", "failed": "FAILED", "diverged": "FAILED", "stopped": "KILLED"}
-_LOGGED_PREFIXES = ("train/", "eval/", "final/", "time/")
 
 
 def resolve_tracking_uri(flag: str | None, study_uri: str | None) -> str:
@@ -54,10 +54,6 @@ def git_commit() -> str:
     if sha.returncode != 0:
         return "unknown"
     return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
-def _quote(s: str) -> str:
-    return s.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def trials_csv(rows: list[dict]) -> str:
@@ -103,8 +99,8 @@ class StudyTracker:
     def open_parent(self, execution_id: str, study_text: str, resolved_yaml: str | None) -> tuple[str, bool]:
         """Find this execution's parent run (resume) or create it. Returns (run id, reused)."""
         study = self.plan.study
-        found = self._search(f"tags.`mfsweep.role` = 'study' and tags.`mfsweep.study` = '{_quote(study.name)}' "
-                             f"and tags.`mfsweep.execution_id` = '{_quote(execution_id)}'")
+        found = self._search(f"tags.`mfsweep.role` = 'study' and tags.`mfsweep.study` = '{quote(study.name)}' "
+                             f"and tags.`mfsweep.execution_id` = '{quote(execution_id)}'")
         if found:
             self.parent_id = found[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
@@ -144,7 +140,7 @@ class StudyTracker:
         if spec.trial_id in self._children:
             return self._children[spec.trial_id]
         found = self._search(f"tags.`mlflow.parentRunId` = '{self.parent_id}' and "
-                             f"tags.`mfsweep.trial_id` = '{_quote(spec.trial_id)}'")
+                             f"tags.`mfsweep.trial_id` = '{quote(spec.trial_id)}'")
         if found:
             run = found[0]
             rid = run.info.run_id

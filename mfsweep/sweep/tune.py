@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mfsweep.schema import METRIC_KEY
 from mfsweep.sweep.plan import StudyPlan, TrialSpec
 
 OUTPUTS = ("config.yaml", "metrics.json", "samples", "checkpoint.pt")
-_METRIC_KEY = re.compile(r"^[A-Za-z0-9_]+/nfe_\d+$")
 
 
 def trial_of(plan: StudyPlan, config: dict, name: str) -> TrialSpec:
@@ -73,7 +73,7 @@ class TuneReporter:
         self._report(step, {"phase": "train", **metrics})
 
     def on_eval(self, step, values, num_samples, phase):
-        values = {k: float(v) for k, v in values.items() if _METRIC_KEY.match(k)}
+        values = {k: float(v) for k, v in values.items() if METRIC_KEY.match(k)}
         if phase == "final":  # reported by finish() together with the outputs
             self.final, self.final_samples = values, num_samples
             return
@@ -158,7 +158,7 @@ def run_trial(config: dict, plan: StudyPlan, exp_path: str) -> None:
     if result is None:
         result = train(spec.config, out, hooks=reporter, progress=False)
     else:  # finished before the driver stopped: report the stored outcome, train nothing
-        reporter.final = {k: v for k, v in result.metrics.items() if _METRIC_KEY.match(k)}
+        reporter.final = {k: v for k, v in result.metrics.items() if METRIC_KEY.match(k)}
         reporter.final_samples = int(result.metrics.get("num_samples", 0))
     reporter.finish(result)
 

@@ -19,11 +19,13 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from mfsweep.training import checkpoint as ckpt
-from mfsweep.models import build_backbone
 from mfsweep.config import TrialConfig, dump_yaml
 from mfsweep.data import DataError, Dataset, load_dataset
+from mfsweep.evaluation.evaluate import evaluate
+from mfsweep.fileio import write_text_atomic
 from mfsweep.methods.meanflow import CFGSettings, MeanFlowLoss
+from mfsweep.models import build_backbone
+from mfsweep.training import checkpoint as ckpt
 from mfsweep.training.viz import save_samples_png
 
 
@@ -100,8 +102,6 @@ def _comparable(cfg: TrialConfig) -> dict:
 
 def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None, progress: bool = True) -> TrainResult:
     """Train, checkpoint, evaluate at the end; resumes from ``out_dir/checkpoint.pt`` if present."""
-    from mfsweep.evaluation.evaluate import evaluate  # the evaluation side (metrics) is imported lazily
-
     hooks = hooks or _NoHooks()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -197,5 +197,5 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
             np.save(out / "samples" / f"nfe_{nfe}.npy", samples.numpy())
             save_samples_png(samples, out / "samples" / f"nfe_{nfe}.png", f"{cfg.name}: NFE = {nfe}", ref)
         hooks.on_eval(step, result.metrics, ev.num_samples, "final")
-    ckpt.write_text_atomic(out / "metrics.json", json.dumps(asdict(result), indent=2, default=str))
+    write_text_atomic(out / "metrics.json", json.dumps(asdict(result), indent=2, default=str))
     return result

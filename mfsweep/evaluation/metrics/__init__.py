@@ -1,5 +1,11 @@
 """Metric registry: every metric is `fn(samples, ref, *, seed) -> float`, lower is better.
 
+    toy.py            swd, energy, mmd (data space; vectors)
+    fd_classifier.py  fd_digits (Fréchet distance in a small digits classifier's features)
+    fid.py            fid, kid (Inception-v3 through torch-fidelity; imported only when used)
+    frechet.py        the Fréchet distance itself and the on-disk cache folder
+
+
     samples: (N, *shape) tensor, ref: ReferenceSet (what to compare against), seed: int (for
     metrics with randomness: projections, subsets). A `MetricSpec` adds metadata: the feature
     `extractor` id, the `resize` mode and the data `kinds` it applies to ("vector", "image").
@@ -12,13 +18,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import torch
+from typing import TYPE_CHECKING
 
-from mfsweep.evaluation.metrics import toy
-from mfsweep.evaluation.metrics.fd_classifier import VERSION as _DIGITS_VERSION
-from mfsweep.evaluation.metrics.fd_classifier import fd_digits
+from mfsweep.registry import Registry, lazy
 
-__all__ = ["ReferenceSet", "MetricSpec", "METRICS", "get_metric", "default_metrics", "make_reference"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["ReferenceSet", "MetricSpec", "METRICS", "VECTOR", "IMAGE", "on_reference_samples", "default_metrics",
+           "make_reference"]
 
 
 @dataclass
@@ -67,7 +75,8 @@ class MetricSpec:
         return meta
 
 
-def _data(fn):
+def on_reference_samples(fn):
+    """Adapt ``fn(samples, reference_samples, *, seed)`` to the metric protocol (needs ``ref.x``)."""
     def metric(samples: torch.Tensor, ref: ReferenceSet, *, seed: int = 0) -> float:
         if ref.x is None:
             raise ValueError(f"metric needs reference samples; reference '{ref.name}/{ref.split}' has none")
@@ -75,33 +84,17 @@ def _data(fn):
     return metric
 
 
-def _lazy_fid(attr: str):
-    """Import torch-fidelity only when an Inception metric is used."""
-    def call(*args, **kwargs):
-        from mfsweep.evaluation.metrics import fid as _fid
-        return getattr(_fid, attr)(*args, **kwargs)
-    return call
-
-
-_VEC, _IMG = frozenset({"vector"}), frozenset({"image"})
-_INCEPTION = "torch-fidelity-inception-v3-compat/2048"
-METRICS: dict[str, MetricSpec] = {
-    "swd": MetricSpec("swd", _data(toy.sliced_wasserstein), _VEC, "identity", "none"),
-    "energy": MetricSpec("energy", _data(toy.energy_distance), _VEC, "identity", "none"),
-    "mmd": MetricSpec("mmd", _data(toy.mmd_rbf), _VEC, "identity", "none"),
-    "fd_digits": MetricSpec("fd_digits", fd_digits, _IMG, f"{_DIGITS_VERSION}/penultimate-64", "none"),
-    "fid": MetricSpec("fid", _lazy_fid("fid"), _IMG, _INCEPTION, "torch-fidelity-tf1x-bilinear-299",
-                      _lazy_fid("fid_metadata")),
-    "kid": MetricSpec("kid", _lazy_fid("kid"), _IMG, _INCEPTION, "torch-fidelity-tf1x-bilinear-299",
-                      _lazy_fid("fid_metadata")),
-}
-
-
-def get_metric(name: str) -> MetricSpec:
-    """The registered metric `name`; ValueError listing the valid names otherwise."""
-    if name not in METRICS:
-        raise ValueError(f"unknown metric '{name}'; valid: {', '.join(sorted(METRICS))}")
-    return METRICS[name]
+VECTOR, IMAGE = frozenset({"vector"}), frozenset({"image"})
+_M = "mfsweep.evaluation.metrics"
+#: Metric name → MetricSpec, each defined in the module that computes it (imported on first use).
+METRICS = Registry("metric", {
+    "swd": lazy(f"{_M}.toy:SWD"),
+    "energy": lazy(f"{_M}.toy:ENERGY"),
+    "mmd": lazy(f"{_M}.toy:MMD"),
+    "fd_digits": lazy(f"{_M}.fd_classifier:FD_DIGITS"),
+    "fid": lazy(f"{_M}.fid:FID"),
+    "kid": lazy(f"{_M}.fid:KID"),
+})
 
 
 def default_metrics(dataset_name: str, kind: str) -> list[str]:
@@ -116,9 +109,14 @@ def default_metrics(dataset_name: str, kind: str) -> list[str]:
 def make_reference(dataset: Any, *, split: str | None = None, stats_path: str | None = None,
                    **options: Any) -> ReferenceSet:
     """Default reference for a `mfsweep.data.Dataset`: held-out test split for vectors (toys), train
-    split for images (digits classifier features, FID convention). `options` go to ReferenceSet."""
+    split for images (digits classifier features, FID convention). `options` go to ReferenceSet; a
+    dataset that was split records how (`split_seed`, `test_fraction`), so that a metric trained on
+    its train split (fd_digits) uses the same split."""
     split = split or ("test" if dataset.kind == "vector" else "train")
     if split not in ("train", "test"):
         raise ValueError(f"unknown split '{split}'; valid: test, train")
     x = dataset.x_test if split == "test" else dataset.x_train
+    for key in ("split_seed", "test_fraction"):
+        if getattr(dataset, key, None) is not None:
+            options.setdefault(key, getattr(dataset, key))
     return ReferenceSet(dataset.name, split, dataset.kind, x, stats_path, dict(options))

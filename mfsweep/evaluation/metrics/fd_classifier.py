@@ -1,33 +1,38 @@
 """`fd_digits`: Fréchet distance in the penultimate features of a small classifier for 8x8 digits.
 
-Inception-v3 features make no sense for 8x8 images (METHOD.md §7), so we train a tiny MLP on the
-scikit-learn digits train split (same scaling x/8 - 1 and split as `mfsweep.data`: stratified,
-test_size=0.2, random_state=0) and compute the Fréchet distance of Heusel et al. (2017) in its
-64-d penultimate (pre-ReLU) features. Training is deterministic (fixed seed, full-batch Adam,
-under a second on an idle CPU); weights are cached at `cache_dir()/digits-mlp-v1.pt` and loaded with
-`torch.load(weights_only=True)`.
+Inception-v3 features make no sense for 8x8 images (docs/method.md §7), so we train a tiny MLP on the
+digits train split of the dataset being scored (`mfsweep.data.digits`: the same scaling and the same
+split, seeded by `data.seed` with `data.test_fraction` held out) and compute the Fréchet distance of
+Heusel et al. (2017) in its 64-d penultimate (pre-ReLU) features. Training is deterministic (fixed
+seed, full-batch Adam, under a second on an idle CPU); weights are cached per split under
+`cache_dir()` and loaded with `torch.load(weights_only=True)`. The extractor id names the split.
 """
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from mfsweep.data.digits import split_digits
+from mfsweep.evaluation.metrics import IMAGE, MetricSpec
 from mfsweep.evaluation.metrics.frechet import cache_dir, feature_stats, frechet_distance
+from mfsweep.fileio import atomic_write
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from mfsweep.evaluation.metrics import ReferenceSet
 
-__all__ = ["VERSION", "DigitsClassifier", "digits_split", "load_digits_classifier",
-           "digits_classifier_info", "digits_features", "fd_digits"]
+__all__ = ["VERSION", "DigitsClassifier", "classifier_path", "load_digits_classifier", "digits_classifier_info",
+           "digits_features", "fd_digits", "FD_DIGITS"]
 
 VERSION = "digits-mlp-v1"  # bump when the architecture, data or training recipe changes
 FEATURE_DIM = 64
 TRAIN_COUNT = 0  # number of trainings in this process (tests check cache hits with it)
 _MEMO: dict[str, tuple[DigitsClassifier, dict]] = {}
+DEFAULT_SPLIT = (0, 0.2)  # (data.seed, data.test_fraction) of a default DataConfig
 
 
 class DigitsClassifier(nn.Module):
@@ -51,26 +56,20 @@ class DigitsClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-def digits_split(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    """The digits split used by `mfsweep.data`: x (N, 1, 8, 8) float32 in [-1, 1], y (N,) int64."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    if split not in ("train", "test"):
-        raise ValueError(f"unknown digits split '{split}'; valid: test, train")
-    d = load_digits()
-    x = (d.data.astype("float32") / 8.0 - 1.0).reshape(-1, 1, 8, 8)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, d.target, test_size=0.2, random_state=0, stratify=d.target)
-    x, y = (x_tr, y_tr) if split == "train" else (x_te, y_te)
-    return torch.from_numpy(x), torch.from_numpy(y).long()
+def _split_tag(split_seed: int, test_fraction: float) -> str:
+    return f"seed{int(split_seed)}-test{float(test_fraction):g}"
 
 
-def _train(steps: int = 150, seed: int = 0) -> tuple[DigitsClassifier, float]:
-    """Deterministic full-batch Adam training; returns (model, test accuracy)."""
+def classifier_path(split_seed: int = 0, test_fraction: float = 0.2) -> Path:
+    """Where the classifier trained on this split is cached."""
+    return cache_dir() / f"{VERSION}-{_split_tag(split_seed, test_fraction)}.pt"
+
+
+def _train(split_seed: int, test_fraction: float, steps: int = 150, seed: int = 0) -> tuple[DigitsClassifier, float]:
+    """Deterministic full-batch Adam training on the split's train part; returns (model, test accuracy)."""
     global TRAIN_COUNT
     TRAIN_COUNT += 1
-    x_tr, y_tr = digits_split("train")
-    x_te, y_te = digits_split("test")
+    x_tr, x_te, y_tr, y_te = split_digits(split_seed, test_fraction)
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
         torch.manual_seed(seed)
         model = DigitsClassifier()
@@ -86,14 +85,15 @@ def _train(steps: int = 150, seed: int = 0) -> tuple[DigitsClassifier, float]:
     return model, acc
 
 
-def load_digits_classifier(retrain: bool = False) -> tuple[DigitsClassifier, dict]:
-    """The cached classifier (trained on first use) and its info dict; see `digits_classifier_info`."""
-    path = cache_dir() / f"{VERSION}.pt"
+def load_digits_classifier(split_seed: int = 0, test_fraction: float = 0.2) -> tuple[DigitsClassifier, dict]:
+    """The classifier for this split (cached in memory and on disk; trained on first use) and its info
+    dict (see `digits_classifier_info`)."""
+    path = classifier_path(split_seed, test_fraction)
     key = str(path)
-    if not retrain and key in _MEMO:
+    if key in _MEMO:
         return _MEMO[key]
     model, info = DigitsClassifier(), None
-    if not retrain and path.exists():
+    if path.exists():
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
             if blob.get("version") == VERSION:
@@ -102,40 +102,59 @@ def load_digits_classifier(retrain: bool = False) -> tuple[DigitsClassifier, dic
         except Exception:  # corrupt or incompatible cache file: retrain below
             info = None
     if info is None:
-        model, acc = _train()
+        model, acc = _train(split_seed, test_fraction)
         info = {"version": VERSION, "test_accuracy": acc}
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"version": VERSION, "state_dict": model.state_dict(), "test_accuracy": acc}, tmp)
-        os.replace(tmp, path)
+        with atomic_write(path) as f:
+            torch.save({"version": VERSION, "state_dict": model.state_dict(), "test_accuracy": acc}, f)
     model.eval().requires_grad_(False)
-    info = {**info, "accuracy": info["test_accuracy"], "path": key, "feature_dim": FEATURE_DIM}
+    info = {**info, "accuracy": info["test_accuracy"], "path": key, "feature_dim": FEATURE_DIM,
+            "split": _split_tag(split_seed, test_fraction)}
     _MEMO[key] = (model, info)
     return model, info
 
 
-def digits_classifier_info() -> dict:
-    """{"version", "accuracy" (= "test_accuracy", on the digits test split), "path", "feature_dim"}."""
-    return dict(load_digits_classifier()[1])
+def digits_classifier_info(split_seed: int = 0, test_fraction: float = 0.2) -> dict:
+    """{"version", "accuracy" (= "test_accuracy", on the split's held-out part), "path", "feature_dim",
+    "split"}."""
+    return dict(load_digits_classifier(split_seed, test_fraction)[1])
 
 
 @torch.no_grad()
-def digits_features(x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+def digits_features(x: torch.Tensor, batch_size: int = 4096, split: tuple[int, float] = DEFAULT_SPLIT) -> torch.Tensor:
     """Penultimate features of the digits classifier: (N, 1, 8, 8) -> (N, 64) float32 on CPU."""
-    model, _ = load_digits_classifier()
+    model, _ = load_digits_classifier(*split)
     x = x.detach().to("cpu", torch.float32)
     return torch.cat([model.features(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+
+
+def _split_of(ref: ReferenceSet) -> tuple[int, float]:
+    return (int(ref.options.get("split_seed", DEFAULT_SPLIT[0])),
+            float(ref.options.get("test_fraction", DEFAULT_SPLIT[1])))
 
 
 def fd_digits(samples: torch.Tensor, ref: ReferenceSet, *, seed: int = 0) -> float:
     """Fréchet distance between classifier features of `samples` (N, 1, 8, 8) and the reference.
 
-    The reference is `ref.x` when given, else the digits split named by `ref.split` (default train).
-    Samples are clamped to the pixel range [-1, 1] first, as any image is before it is shown or
-    scored (FID's uint8 conversion does the same); without it, guided samples that overshoot the
-    range are scored on pixel values no digit has. NaN samples give NaN; fewer than 2 samples raise
-    ValueError.
+    The classifier is trained on the train part of the reference's split (`ref.options`
+    "split_seed" and "test_fraction", as `make_reference` records them; default seed 0, 0.2). The
+    reference is `ref.x` when given, else that split's part named by `ref.split`. Samples are
+    clamped to the pixel range [-1, 1] first, as any image is before it is shown or scored (FID's
+    uint8 conversion does the same); without it, guided samples that overshoot the range are scored
+    on pixel values no digit has. NaN samples give NaN; fewer than 2 samples raise ValueError.
     """
-    ref_x = ref.x if ref.x is not None else digits_split(ref.split or "train")[0]
-    mu1, s1 = feature_stats(digits_features(samples.clamp(-1, 1)))
-    mu2, s2 = feature_stats(digits_features(ref_x))
+    split = _split_of(ref)
+    if ref.x is not None:
+        ref_x = ref.x
+    else:
+        x_tr, x_te, _, _ = split_digits(*split)
+        ref_x = x_te if ref.split == "test" else x_tr
+    mu1, s1 = feature_stats(digits_features(samples.clamp(-1, 1), split=split))
+    mu2, s2 = feature_stats(digits_features(ref_x, split=split))
     return frechet_distance(mu1, s1, mu2, s2)
+
+
+def _describe(ref: ReferenceSet) -> dict:
+    return {"extractor": f"{VERSION}/{_split_tag(*_split_of(ref))}/penultimate-{FEATURE_DIM}"}
+
+
+FD_DIGITS = MetricSpec("fd_digits", fd_digits, IMAGE, f"{VERSION}/penultimate-{FEATURE_DIM}", "none", _describe)

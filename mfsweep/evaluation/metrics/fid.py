@@ -26,13 +26,15 @@ import torch
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, kid_features_to_metric
 
+from mfsweep.evaluation.metrics import IMAGE, MetricSpec
 from mfsweep.evaluation.metrics.frechet import cache_dir, feature_stats, frechet_distance
+from mfsweep.fileio import atomic_write
 
 if TYPE_CHECKING:
     from mfsweep.evaluation.metrics import ReferenceSet
 
 __all__ = ["MissingWeightsError", "RESIZE", "INCEPTION_URL", "resolve_inception_weights", "extractor_id",
-           "to_uint8_rgb", "extract_features", "reference_stats", "fid", "kid", "fid_metadata"]
+           "to_uint8_rgb", "extract_features", "reference_stats", "fid", "kid", "fid_metadata", "FID", "KID"]
 
 INCEPTION_URL = URL_INCEPTION_V3
 RESIZE = "torch-fidelity-tf1x-bilinear-299"
@@ -157,10 +159,8 @@ def reference_stats(ref: ReferenceSet, *, need_feats: bool = False) -> dict:
              "split": str(ref.split)}
     if need_feats or feats.shape[0] <= _KEEP_FEATS:  # KID needs them; 50k x 2048 floats are 400 MB
         stats["feats"] = feats.numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **stats)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        np.savez(f, **stats)
     return stats
 
 
@@ -210,3 +210,8 @@ def fid_metadata(ref: ReferenceSet) -> dict:
             if ref.x is None and "N" in z.files:
                 meta["reference_num"] = int(z["N"])
     return meta
+
+
+_INCEPTION = "torch-fidelity-inception-v3-compat/2048"  # the exact id (with the weights' hash) comes from fid_metadata
+FID = MetricSpec("fid", fid, IMAGE, _INCEPTION, RESIZE, fid_metadata)
+KID = MetricSpec("kid", kid, IMAGE, _INCEPTION, RESIZE, fid_metadata)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from mfsweep.evaluation.metrics import VECTOR, MetricSpec, on_reference_samples
+
 __all__ = ["random_directions", "wasserstein_1d_sq", "sliced_wasserstein", "energy_distance", "median_bandwidth",
            "mmd_rbf"]
 
@@ -125,3 +127,8 @@ def mmd_rbf(x: torch.Tensor, y: torch.Tensor, *, bandwidth: float | None = None,
     k = lambda d: torch.exp(-(d ** 2) / (2 * h * h))  # noqa: E731
     m = _mean_pairwise(x, x, k) + _mean_pairwise(y, y, k) - 2 * _mean_pairwise(x, y, k)
     return float(m.clamp_min(0.0))
+
+
+SWD = MetricSpec("swd", on_reference_samples(sliced_wasserstein), VECTOR, "identity", "none")
+ENERGY = MetricSpec("energy", on_reference_samples(energy_distance), VECTOR, "identity", "none")
+MMD = MetricSpec("mmd", on_reference_samples(mmd_rbf), VECTOR, "identity", "none")
