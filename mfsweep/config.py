@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mfsweep.data import DATASETS, TOYS
-from mfsweep.methods import TANGENTS, TIME_GRIDS, TIME_SAMPLERS
+from mfsweep.methods import METHODS, TANGENTS, TIME_GRIDS, TIME_SAMPLERS
 from mfsweep.models import BACKBONES, TIME_EMBEDDINGS
 
 
@@ -108,6 +108,74 @@ class MeanFlowConfig(Strict):
     _tangent = field_validator("tangent")(lambda v: TANGENTS.check(v))
 
 
+# ---- the training method (mfsweep.methods) ------------------------------------------------------
+# Each method's own settings live in its block under `method:`; only the chosen method's block may
+# be given. Shared settings (time sampler, weighting, class dropout and guidance) stay in the
+# `meanflow:` block; METHOD_KEYS says which of its keys each method reads.
+
+
+class IMFConfig(Strict):
+    """``method.imf``: improved MeanFlow (mfsweep/methods/imf.py)."""
+
+
+class AlphaFlowConfig(Strict):
+    """``method.alphaflow``: α-Flow (mfsweep/methods/alphaflow.py)."""
+
+
+class ShortcutConfig(Strict):
+    """``method.shortcut``: shortcut models (mfsweep/methods/shortcut.py)."""
+
+
+class ConsistencyConfig(Strict):
+    """``method.consistency``: continuous-time consistency training (mfsweep/methods/consistency.py)."""
+
+
+class MethodConfig(Strict):
+    name: str = "meanflow"
+    imf: IMFConfig | None = None
+    alphaflow: AlphaFlowConfig | None = None
+    shortcut: ShortcutConfig | None = None
+    consistency: ConsistencyConfig | None = None
+
+    _name = field_validator("name")(lambda v: METHODS.check(v))
+
+    def settings(self) -> Strict | None:
+        """The chosen method's block (its defaults when not given); None for methods without one."""
+        cls = MethodConfig.model_fields.get(self.name)
+        if cls is None:
+            return None
+        return getattr(self, self.name) or cls.annotation.__args__[0]()
+
+
+#: method → the `meanflow.*` keys it reads (a key set for a method that does not read it is an
+#: error, not silently ignored), and whether it takes guidance (meanflow.cfg.omega / kappa).
+_SHARED = {"time_sampler", "weight_power", "weight_eps", "cfg"}
+METHOD_KEYS: dict[str, tuple[set[str], bool]] = {
+    "meanflow": (_SHARED | {"frac_r_neq_t", "tangent", "u_from"}, True),
+    "flow_matching": (_SHARED, False),
+    "imf": (_SHARED | {"frac_r_neq_t", "tangent", "u_from"}, True),
+    "alphaflow": (_SHARED | {"frac_r_neq_t", "tangent", "u_from"}, True),
+    "shortcut": (_SHARED | {"frac_r_neq_t", "tangent", "u_from"}, True),
+    "consistency": (_SHARED | {"frac_r_neq_t", "tangent", "u_from"}, True),
+}
+
+
+def method_errors(cfg: TrialConfig) -> list[tuple[str, str]]:
+    """Settings that do not apply to ``method.name``, each at its dotted path."""
+    name = cfg.method.name
+    errors = [(f"method.{block}", f"settings for method {block!r}, but method.name is {name!r}")
+              for block in ("imf", "alphaflow", "shortcut", "consistency")
+              if block != name and getattr(cfg.method, block) is not None]
+    keys, guided = METHOD_KEYS[name]
+    errors += [(f"meanflow.{key}", f"does not apply to method {name!r} (it reads meanflow.{', meanflow.'.join(sorted(keys))})")
+               for key in sorted(cfg.meanflow.model_fields_set - keys)]
+    g = cfg.meanflow.cfg
+    if not guided and (g.omega != 1.0 or g.kappa != 0.0):
+        errors.append(("meanflow.cfg", f"method {name!r} does not take guidance (omega ≠ 1 or kappa ≠ 0); "
+                                       "class dropout alone is allowed"))
+    return errors
+
+
 class TrainConfig(Strict):
     steps: int = Field(3000, ge=1)
     batch_size: int = Field(256, ge=1)
@@ -135,8 +203,9 @@ class EvalConfig(Strict):
     nfe: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], min_length=1)
     grid: str = "linspace"
     # Which velocity the sampler asks for: "average" u(z, r, t) jumps, "instantaneous" r = t (Euler),
-    # or "auto": instantaneous for Flow Matching runs (frac_r_neq_t = 0), average otherwise.
-    velocity: Literal["auto", "average", "instantaneous"] = "auto"
+    # "origin" u(z, 0, t) (consistency models), or "auto": the method's own (instantaneous for Flow
+    # Matching and MeanFlow with frac_r_neq_t = 0, average for MeanFlow, ...).
+    velocity: Literal["auto", "average", "instantaneous", "origin"] = "auto"
     num_samples: int = Field(2000, ge=2, description="samples for the final evaluation")
     every_steps: int = Field(0, ge=0, description="cheap evaluation period during training; 0 = end only")
     num_samples_during: int = Field(500, ge=2, description="samples for the cheap periodic evaluation")
@@ -159,6 +228,7 @@ class TrialConfig(Strict):
     seed: int = 0  # training seed: init, batches, noise, (t, r)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
     meanflow: MeanFlowConfig = Field(default_factory=MeanFlowConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -198,9 +268,12 @@ def load_trial_config(raw: dict[str, Any], prefix: str = "", source: str = "conf
     if not isinstance(raw, dict):
         raise ConfigError([(prefix.rstrip("."), f"expected a mapping, got {type(raw).__name__}")], source)
     try:
-        return TrialConfig.model_validate(raw)
+        cfg = TrialConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(validation_errors(exc, prefix), source) from None
+    if errors := method_errors(cfg):
+        raise ConfigError([(prefix + path, msg) for path, msg in errors], source)
+    return cfg
 
 
 def parse_override(item: str) -> tuple[str, Any]:

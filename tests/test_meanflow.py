@@ -7,35 +7,12 @@ from mfsweep import meanflow_target, sample
 from mfsweep.methods.meanflow import CFGSettings, MeanFlowLoss, guided_velocity, linear_path
 from mfsweep.methods.timesteps import sample_t_r
 
+from gaussian import M, S, exact_average_velocity, marginal_velocity
+
 torch.set_default_dtype(torch.float32)
 
 
-# ---- Gaussian data: the marginal flow and its average velocity in closed form ------------------
-# x ~ N(m, diag(s²)), e ~ N(0, I), z_t = (1 − t)x + t e has std σ_t = sqrt((1 − t)² s² + t²).
-# The marginal flow is affine: z_τ = (1 − τ)m + (σ_τ / σ_t)(z_t − (1 − t)m), so
-# v(z, t) = −m + (t − (1 − t)s²)/σ_t² · (z − (1 − t)m)  and  u(z_t, r, t) = (z_t − z_r)/(t − r).
-
-M = torch.tensor([1.5, -0.5, 0.25], dtype=torch.float64)
-S = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)
-
-
-def _col(a, like):
-    return a.reshape(-1, *([1] * (like.ndim - 1)))
-
-
-def sigma(t):
-    return torch.sqrt((1 - t) ** 2 * S**2 + t**2)
-
-
-def marginal_velocity(z, t):
-    tc = _col(t, z)
-    return -M + (tc - (1 - tc) * S**2) / sigma(tc) ** 2 * (z - (1 - tc) * M)
-
-
-def exact_average_velocity(z, r, t):
-    tc, rc = _col(t, z), _col(r, z)
-    z_r = (1 - rc) * M + sigma(rc) / sigma(tc) * (z - (1 - tc) * M)
-    return (z - z_r) / (tc - rc)
+# Gaussian data with a closed-form flow: tests/gaussian.py
 
 
 def test_closed_form_gaussian_average_velocity_is_a_fixed_point():

@@ -82,8 +82,25 @@ def test_instantaneous_sampling_calls_the_network_with_r_equal_t():
         seen.append(torch.equal(r, t))
         return torch.zeros_like(z)
 
-    sample(net, torch.randn(2, 2), None, make_time_grid(4), instantaneous=True)
+    sample(net, torch.randn(2, 2), None, make_time_grid(4), velocity="instantaneous")
     assert seen == [True] * 4
     seen.clear()
     sample(net, torch.randn(2, 2), None, make_time_grid(4))
     assert seen == [False] * 4
+
+
+def test_origin_sampling_moves_along_the_line_to_the_predicted_data_point():
+    """velocity="origin" asks for u(z, 0, t); a jump to r lands on the line from z_t to x̂ = z_t − t·u."""
+    seen = []
+    x_hat = torch.tensor([[0.5, -1.0]], dtype=torch.float64)
+
+    def net(z, r, t, y):  # the exact average velocity to t = 0 for a point mass at x_hat
+        seen.append(bool((r == 0).all()))
+        return (z - x_hat) / t[:, None]
+
+    e = torch.randn(1, 2, dtype=torch.float64)
+    grid = make_time_grid(3, dtype=torch.float64)
+    assert torch.allclose(sample(net, e, None, grid, velocity="origin"), x_hat)
+    assert seen == [True] * 3
+    with pytest.raises(ValueError, match="unknown sampling velocity 'sideways'; valid: average, instantaneous, origin"):
+        sample(net, e, None, grid, velocity="sideways")

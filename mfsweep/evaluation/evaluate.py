@@ -58,7 +58,7 @@ def _sync(device: Any) -> None:
 def evaluate(net, dataset, *, nfes: Sequence[int] = (1, 2, 4, 8), num_samples: int = 2000, seed: int = 0,
              metrics: Sequence[str] | None = None, grid: str = "linspace", labels: Tensor | None = None,
              batch_size: int = 1000, device: str = "cpu", reference: ReferenceSet | None = None,
-             instantaneous: bool = False) -> EvalResult:
+             velocity: str = "average") -> EvalResult:
     """Sample `num_samples` points at every NFE from the same noise and score them.
 
     Args:
@@ -68,7 +68,8 @@ def evaluate(net, dataset, *, nfes: Sequence[int] = (1, 2, 4, 8), num_samples: i
         grid: time-grid rule for `make_time_grid`. labels: (num_samples,) int64 to condition on;
             default: uniform labels from the seeded generator when dataset.num_classes is set.
         reference: what to compare with; default `make_reference(dataset, device=device)`.
-        instantaneous: sample with r = t (Euler on v; for Flow Matching models), see `sample`.
+        velocity: which velocity the sampler asks the network for ("average", "instantaneous",
+            "origin"), see `mfsweep.methods.sampling.sample`.
     Returns:
         EvalResult (see its docstring).
     """
@@ -102,7 +103,7 @@ def evaluate(net, dataset, *, nfes: Sequence[int] = (1, 2, 4, 8), num_samples: i
                 for i in range(0, num_samples, batch_size):
                     y = None if labels is None else labels[i:i + batch_size].to(device)
                     chunks.append(sample(net, noise[i:i + batch_size].to(device), y, time_grid.to(device),
-                                         instantaneous=instantaneous).cpu())
+                                         velocity=velocity).cpu())
             _sync(device)
             result.timings[f"sampling/nfe_{k}"] = time.perf_counter() - t0
             x = torch.cat(chunks) if chunks else noise[:0]

@@ -33,6 +33,12 @@ def linear_path(x: Tensor, e: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     return (1 - tb) * x + tb * e, e - x
 
 
+def adaptive_weight(sq_err: Tensor, power: float, eps: float) -> Tensor:
+    """‖Δ‖² / sg(‖Δ‖² + c)^p (paper §4.3, "adaptive loss weighting"); p = 0 returns ‖Δ‖² itself.
+    sq_err: (B,) per-sample squared errors. The weight is a constant for the gradient."""
+    return sq_err / (sq_err.detach() + eps).pow(power) if power > 0 else sq_err
+
+
 def meanflow_target(
     u_fn: Callable[[Tensor, Tensor, Tensor], Tensor],
     z: Tensor,
@@ -137,6 +143,8 @@ class MeanFlowLoss:
         if u_from not in ("jvp", "forward"):
             raise ValueError(f"unknown u_from {u_from!r}; valid: forward, jvp")
         self.u_from = u_from
+        # A network never trained with r ≠ t only knows its instantaneous velocity: sample it with Euler.
+        self.sampling_velocity = "instantaneous" if frac_r_neq_t == 0 else "average"
 
     def __call__(
         self, net, x: Tensor, y: Tensor | None = None, generator: torch.Generator | None = None
@@ -154,8 +162,7 @@ class MeanFlowLoss:
                 v = guided_velocity(net, self.cfg, z, t, v, y, dropped, self.num_classes)
         u, u_tgt = self._prediction_and_target(net, z, r, t, v, y, num_r_neq_t(b, self.frac_r_neq_t))
         sq_err = (u - u_tgt).pow(2).flatten(1).sum(1)  # (B,), summed over data dimensions
-        # Adaptive weighting (paper §4.3): ‖Δ‖² / sg(‖Δ‖² + c)^p; p = 0 is plain L2.
-        loss = sq_err / (sq_err.detach() + self.weight_eps).pow(self.weight_power) if self.weight_power > 0 else sq_err
+        loss = adaptive_weight(sq_err, self.weight_power, self.weight_eps)  # paper §4.3; p = 0: plain L2
         # Detached tensors, not floats: .item() every step would force a device sync.
         return loss, {"mse": sq_err.detach().mean(), "loss": loss.detach().mean()}
 
@@ -177,3 +184,24 @@ class MeanFlowLoss:
             b = z.shape[0]
             u = u_head if n == b else torch.cat([u_head, net(z[n:], r[n:], t[n:], y_tail)])
         return u, torch.cat([tgt_head, v[n:].detach()])
+
+
+def cfg_settings(cfg) -> CFGSettings:
+    """The ``meanflow.cfg`` block of a TrialConfig as CFGSettings."""
+    return CFGSettings(**cfg.meanflow.cfg.model_dump())
+
+
+def from_config(cfg, num_classes: int | None) -> MeanFlowLoss:
+    """``method.name: meanflow``: the loss from the ``meanflow`` block of a TrialConfig."""
+    mf = cfg.meanflow
+    return MeanFlowLoss(
+        time_sampler=mf.time_sampler.name,
+        time_params=mf.time_sampler.model_dump(exclude={"name"}),
+        frac_r_neq_t=mf.frac_r_neq_t,
+        tangent=mf.tangent,
+        weight_power=mf.weight_power,
+        weight_eps=mf.weight_eps,
+        cfg=cfg_settings(cfg),
+        num_classes=num_classes,
+        u_from=mf.u_from,
+    )

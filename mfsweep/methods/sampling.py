@@ -37,8 +37,11 @@ def check_time_grid(time_grid: Tensor) -> Tensor:
     return g
 
 
+VELOCITIES = ("average", "instantaneous", "origin")
+
+
 @torch.no_grad()
-def sample(net, noise: Tensor, labels: Tensor | None, time_grid: Tensor, *, instantaneous: bool = False) -> Tensor:
+def sample(net, noise: Tensor, labels: Tensor | None, time_grid: Tensor, *, velocity: str = "average") -> Tensor:
     """Integrate from noise at time_grid[0] to time_grid[-1] with len(time_grid) − 1 network calls.
 
     Args:
@@ -47,17 +50,25 @@ def sample(net, noise: Tensor, labels: Tensor | None, time_grid: Tensor, *, inst
         labels: class labels (B,) int64, or None for an unconditional model.
         time_grid: decreasing times, shape (k + 1,); NFE = k.
 
-        instantaneous: call the network with r = t (its instantaneous velocity v(z, t)): plain
-            Euler steps for a Flow Matching network, which was never trained with r ≠ t.
+        velocity: which times the network is asked for on a jump from t to r:
+            "average": u(z, r, t), the average velocity over [r, t] (MeanFlow and its relatives);
+            "instantaneous": u(z, t, t) = v(z, t), plain Euler steps (Flow Matching networks,
+            never trained with r ≠ t);
+            "origin": u(z, 0, t), the average velocity to the data end, so the jump moves along the
+            straight line from z_t towards the predicted x̂ = z_t − t·u(z, 0, t) (consistency
+            models, trained with r = 0 only).
 
     Returns:
         Samples of the same shape as noise. With the grid [1, 0] this is x̂ = e − u(e, 0, 1).
     """
+    if velocity not in VELOCITIES:
+        raise ValueError(f"unknown sampling velocity {velocity!r}; valid: {', '.join(sorted(VELOCITIES))}")
     grid = check_time_grid(time_grid).to(device=noise.device, dtype=noise.dtype)
     z = noise
     b = noise.shape[0]
     for i in range(grid.numel() - 1):
         t, r = grid[i], grid[i + 1]
         tb = t.expand(b)
-        z = z - (t - r) * net(z, tb if instantaneous else r.expand(b), tb, labels)
+        rb = {"average": r.expand(b), "instantaneous": tb, "origin": torch.zeros_like(tb)}[velocity]
+        z = z - (t - r) * net(z, rb, tb, labels)
     return z

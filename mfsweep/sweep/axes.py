@@ -29,7 +29,11 @@ RESERVED = {"seed": "use the study's `seeds:` list (it becomes the axis named se
 
 
 def _model_of(annotation) -> type[BaseModel] | None:
-    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    """The sub-config model of a field: ``X`` or an optional ``X | None`` (a method's block)."""
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def schema_keys(model: type[BaseModel] = TrialConfig, prefix: str = "") -> dict[str, bool]:

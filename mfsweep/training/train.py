@@ -23,7 +23,7 @@ from mfsweep.config import TrialConfig, dump_yaml
 from mfsweep.data import DataError, Dataset, load_dataset
 from mfsweep.evaluation.evaluate import evaluate
 from mfsweep.fileio import write_text_atomic
-from mfsweep.methods.meanflow import CFGSettings, MeanFlowLoss
+from mfsweep.methods import METHODS
 from mfsweep.models import build_backbone
 from mfsweep.training import checkpoint as ckpt
 from mfsweep.training.viz import save_samples_png
@@ -59,32 +59,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_loss(cfg: TrialConfig, dataset: Dataset) -> MeanFlowLoss:
-    mf = cfg.meanflow
+def build_loss(cfg: TrialConfig, dataset: Dataset):
+    """The loss of ``method.name`` (the contract in mfsweep.methods)."""
     num_classes = dataset.num_classes if cfg.data.conditional else None
     if cfg.data.conditional and (dataset.y_train is None or dataset.num_classes is None):
         raise DataError(f"data.conditional: dataset {dataset.name!r} has no class labels")
-    return MeanFlowLoss(
-        time_sampler=mf.time_sampler.name,
-        time_params=mf.time_sampler.model_dump(exclude={"name"}),
-        frac_r_neq_t=mf.frac_r_neq_t,
-        tangent=mf.tangent,
-        weight_power=mf.weight_power,
-        weight_eps=mf.weight_eps,
-        cfg=CFGSettings(**mf.cfg.model_dump()),
-        num_classes=num_classes,
-        u_from=mf.u_from,
-    )
+    return METHODS.lookup(cfg.method.name)(cfg, num_classes)
 
 
 def build_model(cfg: TrialConfig, dataset: Dataset) -> torch.nn.Module:
     return build_backbone(cfg.model, dataset.shape, dataset.num_classes if cfg.data.conditional else None)
 
 
-def instantaneous_sampling(cfg: TrialConfig) -> bool:
-    """Flow Matching networks (never trained with r ≠ t) are sampled with r = t: plain Euler."""
-    v = cfg.eval.velocity
-    return v == "instantaneous" or (v == "auto" and cfg.meanflow.frac_r_neq_t == 0)
+def sampling_velocity(cfg: TrialConfig, loss_fn) -> str:
+    """``eval.velocity``, or with ``auto`` the method's own (e.g. Euler for Flow Matching networks,
+    which were never trained with r ≠ t)."""
+    return loss_fn.sampling_velocity if cfg.eval.velocity == "auto" else cfg.eval.velocity
 
 
 def _lr_lambda(warmup: int):
@@ -113,6 +103,7 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
     model = build_model(cfg, dataset).to(device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
     loss_fn = build_loss(cfg, dataset)
+    on_step = getattr(loss_fn, "on_step", None)  # methods with a schedule (e.g. α-Flow's curriculum)
     tc = cfg.train
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(tc.warmup_steps))
@@ -146,7 +137,7 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
     y_train = dataset.y_train.to(device) if cfg.data.conditional else None
     ev = cfg.eval
     eval_kwargs = dict(nfes=ev.nfe, seed=ev.seed, metrics=ev.metrics, grid=ev.grid, batch_size=ev.batch_size,
-                       device=device, instantaneous=instantaneous_sampling(cfg))
+                       device=device, velocity=sampling_velocity(cfg, loss_fn))
     status, error = "finished", None
     running: list[torch.Tensor] = []
     bar = tqdm(total=tc.steps, initial=step, desc=cfg.name, disable=not progress, dynamic_ncols=True)
@@ -154,6 +145,8 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
     model.train()
     while step < tc.steps:
         idx = torch.randint(len(x_train), (tc.batch_size,), generator=gen_batch).to(device)
+        if on_step is not None:
+            on_step(step, tc.steps)
         loss_vec, mon = loss_fn(model, x_train[idx], None if y_train is None else y_train[idx], generator=gen_noise)
         loss = loss_vec.mean()
         if not bool(torch.isfinite(loss)):  # before the update: the weights stay good
