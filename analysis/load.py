@@ -116,6 +116,7 @@ def _trial_row(study: StudyRuns, run: Run) -> dict:
         "status": tags.get("mfsweep.status", run.info.status.lower()),
         "error": tags.get("mfsweep.error", ""),
         "seed": int(seed) if seed not in (None, "") and seed.lstrip("-").isdigit() else seed,
+        "train_s": run.data.metrics.get("time/train_s", math.nan),
     }
     for axis in study.row_axes:
         row[axis] = tags.get(f"axis.{axis}", "")
@@ -123,15 +124,16 @@ def _trial_row(study: StudyRuns, run: Run) -> dict:
 
 
 def trials(study: StudyRuns) -> pd.DataFrame:
-    """One row per trial: run_id, trial_id, status, error, seed, one column per axis."""
-    cols = ["run_id", "trial_id", "status", "error", "seed", *study.row_axes]
+    """One row per trial: run_id, trial_id, status, error, seed, train_s (training wall time), one
+    column per axis."""
+    cols = ["run_id", "trial_id", "status", "error", "seed", "train_s", *study.row_axes]
     return pd.DataFrame([_trial_row(study, r) for r in study.children], columns=cols)
 
 
 def tidy(study: StudyRuns, phases: tuple[str, ...] = ("final", "eval")) -> pd.DataFrame:
     """One row per trial × phase × metric × NFE (the latest logged value of each key).
 
-    Columns: run_id, trial_id, status, error, seed, <axes...>, metric, nfe, value, phase,
+    Columns: run_id, trial_id, status, error, seed, train_s, <axes...>, metric, nfe, value, phase,
     num_samples. Every (phase, metric, nfe) key seen in any trial is given to every trial, so a
     failed or diverged trial keeps its rows, with value NaN where nothing was logged.
     """
@@ -167,6 +169,7 @@ def history(study: StudyRuns, include_loss: bool = True) -> pd.DataFrame:
     for run in study.children:
         base = _trial_row(study, run)
         base.pop("error")
+        base.pop("train_s")
         for key in sorted(run.data.metrics):
             m = METRIC_KEY.match(key)
             if m and m.group(1) == "eval":

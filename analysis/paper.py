@@ -60,6 +60,39 @@ PAPER_TABLES: dict[str, list[PaperEntry]] = {
 }
 
 
+@dataclass(frozen=True)
+class MethodNumbers:
+    """A training method's published FIDs (lower is better) and where they come from."""
+
+    imagenet_1nfe: float | None  # class-conditional ImageNet 256, FID-50K
+    imagenet_2nfe: float | None
+    imagenet_model: str  # which model / setting the ImageNet numbers are for
+    cifar10: float | None  # unconditional CIFAR-10, 1-NFE FID-50K (2-NFE noted in the source)
+    source: str
+
+    def cell(self) -> str:
+        fmt = lambda x: "—" if x is None else f"{x:.2f}"  # noqa: E731
+        text = f"{fmt(self.imagenet_1nfe)} / {fmt(self.imagenet_2nfe)}"
+        text += f" ({self.imagenet_model})" if self.imagenet_model else ""
+        return f"{text}; CIFAR-10 {fmt(self.cifar10)}"
+
+
+#: The axis a methods study sweeps, and each method's own published numbers (docs/method.md §8).
+METHOD_AXIS = "method.name"
+METHOD_COLUMN = "paper (ImageNet 256 FID 1-NFE / 2-NFE; CIFAR-10 1-NFE)"
+METHOD_NUMBERS: dict[str, MethodNumbers] = {
+    "meanflow": MethodNumbers(3.43, 2.93, "MF-XL/2, 240 ep", 2.92,
+                              "Geng et al. 2025, arXiv 2505.13447, Tables 2 and 3"),
+}
+
+
+def method_note(names: list[str]) -> str:
+    """Caption text naming the source of every method's paper numbers in `names`."""
+    cites = [f"{n}: {METHOD_NUMBERS[n].source}" for n in names if n in METHOD_NUMBERS]
+    return ("Paper column: each method's own published FIDs (" + "; ".join(cites) + "); other models, data "
+            "and budgets than this study: compare the ranking only.") if cites else ""
+
+
 def table_citation(tables: str | list[str]) -> str:
     """Citation naming the paper's table(s), e.g. '... Table 1a, 1d (MF-B/4, ...)'."""
     names = [tables] if isinstance(tables, str) else list(tables)

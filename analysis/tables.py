@@ -21,7 +21,7 @@ import pandas as pd
 
 from analysis.paper import COLUMN as PAPER_COLUMN
 from analysis.paper import NOTE as PAPER_NOTE
-from analysis.paper import paper_axes, paper_lookup, table_citation
+from analysis.paper import METHOD_AXIS, METHOD_COLUMN, METHOD_NUMBERS, method_note, paper_axes, paper_lookup, table_citation
 
 FINISHED = "finished"
 DDOF = 1
@@ -45,6 +45,8 @@ class MetricTable:
     paper: dict[tuple[str, ...], float | None] = field(default_factory=dict)
     paper_table: str | None = None
     paper_sources: list[str] = field(default_factory=list)  # paper tables the values came from
+    train_s: dict[tuple[str, ...], float] = field(default_factory=dict)  # mean training seconds per variant
+    method_paper: dict[tuple[str, ...], str] = field(default_factory=dict)  # method.name studies
 
     # -- cells ---------------------------------------------------------------------------
     def stats(self, variant: tuple[str, ...], nfe: int) -> pd.Series:
@@ -77,13 +79,22 @@ class MetricTable:
     def has_paper(self) -> bool:
         return any(v is not None for v in self.paper.values())
 
+    @property
+    def has_train_time(self) -> bool:
+        return any(math.isfinite(v) for v in self.train_s.values())
+
     def header(self) -> list[str]:
-        cols = [*self.axes, "seeds ok", *[f"NFE {k}" for k in self.nfes]]
-        return cols + ([PAPER_COLUMN] if self.has_paper else [])
+        cols = [*self.axes, "seeds ok", *(["train s"] if self.has_train_time else []),
+                *[f"NFE {k}" for k in self.nfes]]
+        return cols + ([METHOD_COLUMN] if self.method_paper else []) + ([PAPER_COLUMN] if self.has_paper else [])
 
     def caption(self) -> str:
         text = (f"{self.metric} ({self.phase}) versus NFE: mean ± std over seeds (ddof={DDOF}), "
                 f"n = finished seeds; lower is better, best per NFE in bold.")
+        if self.has_train_time:
+            text += " train s: mean training wall time of the finished seeds."
+        if self.method_paper:
+            text += " " + method_note([v[self.axes.index(METHOD_AXIS)] for v in self.variants])
         if self.has_paper:
             text += " " + PAPER_NOTE.format(cite=table_citation(self.paper_sources))
         return text
@@ -93,9 +104,14 @@ class MetricTable:
         rows = []
         for v in self.variants:
             cells = [esc(x) for x in v] + [esc(self.seeds_ok(v))]
+            if self.has_train_time:
+                secs = self.train_s.get(v, math.nan)
+                cells.append(f"{secs:.0f}" if math.isfinite(secs) else dash)
             for k in self.nfes:
                 c = cell_fn(v, k)
                 cells.append(bold(c) if self.is_best(v, k) else c)
+            if self.method_paper:
+                cells.append(esc(self.method_paper.get(v, dash)))
             if self.has_paper:
                 p = self.paper.get(v)
                 cells.append(dash if p is None else f"{p:.2f}")
@@ -184,13 +200,16 @@ def metric_table(df: pd.DataFrame, metric: str, axes: list[str], phase: str = "f
     nfes = sorted(int(k) for k in sub["nfe"].unique())
     order = trials.sort_values("trial_id")  # study order: trial ids are t000, t001, ...
     variants = list(dict.fromkeys(tuple(str(r[a]) for a in axes) for _, r in order.iterrows()))
-    recs = []
+    recs, train_s = [], {}
     for v in variants:
         mask = np.ones(len(trials), bool)
         for a, x in zip(axes, v):
             mask &= (trials[a].astype(str) == x).to_numpy()
         vt = trials[mask]
         total, n_fin = len(vt), int((vt["status"] == FINISHED).sum())
+        if "train_s" in vt:
+            done = vt.loc[vt["status"] == FINISHED, "train_s"].astype(float)
+            train_s[v] = float(done.mean()) if done.notna().any() else math.nan
         for k in nfes:
             rows = sub[sub["run_id"].isin(vt["run_id"]) & (sub["nfe"] == k)]
             ok = rows[(rows["status"] == FINISHED) & np.isfinite(rows["value"])]["value"]
@@ -215,8 +234,12 @@ def metric_table(df: pd.DataFrame, metric: str, axes: list[str], phase: str = "f
                 sources.append(found[1])
         summary["paper_fid_1nfe"] = [paper.get(tuple(str(r[a]) for a in axes))
                                      for _, r in summary.iterrows()]
+    method_paper = {}
+    if METHOD_AXIS in axes:
+        i = list(axes).index(METHOD_AXIS)
+        method_paper = {v: METHOD_NUMBERS[v[i]].cell() for v in variants if v[i] in METHOD_NUMBERS}
     return MetricTable(metric, phase, list(axes), nfes, summary, variants, paper, paper_table,
-                       sorted(sources))
+                       sorted(sources), train_s, method_paper)
 
 
 def study_tables(df: pd.DataFrame, axes: list[str], phase: str = "final",

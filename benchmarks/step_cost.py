@@ -9,6 +9,13 @@ hits all alike, and prints the median step times, their ratio and the
 ratio of peak memory. Peak memory is CUDA's max_memory_allocated on a GPU; on a CPU it is the bytes
 autograd saves for the backward pass (the activation memory that dominates the peak), counted
 with saved_tensors_hooks. The paper reports a MeanFlow/FM step ratio of 1.16 (JAX, TPU).
+
+    python benchmarks/step_cost.py --methods --json
+
+also times every registered training method (``method.name``, mfsweep.methods.METHODS) with its
+default settings, built from a trial config as a study would, relative to ``flow_matching`` on the
+same backbone and batch. Methods with a schedule are timed in their end-of-training state
+(``on_step(total, total)``: α-Flow at its final α, consistency training after warm-up).
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ import time
 
 import torch
 
-from mfsweep.models import build_backbone
-from mfsweep.config import ModelConfig
+from mfsweep.config import ModelConfig, load_trial_config
+from mfsweep.methods import METHODS
 from mfsweep.methods.meanflow import MeanFlowLoss
+from mfsweep.models import build_backbone
 
 SETUPS = {
     "mlp": dict(model=ModelConfig(backbone="mlp", hidden_dim=256, depth=3), shape=(2,), batch=256),
@@ -95,6 +103,33 @@ def measure(name: str, device: torch.device, iters: int, warmup: int, frac: floa
             "mem_method": "cuda_max_allocated" if device.type == "cuda" else "autograd_saved_bytes"}
 
 
+def measure_methods(name: str, device: torch.device, iters: int, warmup: int) -> dict:
+    """Median step time of every registered method (default settings) and its ratio to flow_matching."""
+    s = SETUPS[name]
+    torch.manual_seed(0)
+    net = build_backbone(s["model"], s["shape"], None).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    x = torch.randn(s["batch"], *s["shape"], device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    losses = {}
+    for method in METHODS:
+        loss_fn = METHODS.lookup(method)(load_trial_config({"method": {"name": method}}), None)
+        if hasattr(loss_fn, "on_step"):
+            loss_fn.on_step(1000, 1000)
+        losses[method] = loss_fn
+    times = {k: [] for k in losses}
+    for i in range(warmup + iters):
+        for key, loss_fn in losses.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            _step(net, opt, loss_fn, x, gen)
+            _sync(device)
+            if i >= warmup:
+                times[key].append(time.perf_counter() - t0)
+    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    return {k: {"ms": round(v, 3), "ratio_vs_flow_matching": round(v / ms["flow_matching"], 3)} for k, v in ms.items()}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", action="store_true", help="print only the JSON result")
@@ -103,11 +138,14 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--frac", type=float, default=0.25, help="fraction of rows with r ≠ t for MeanFlow")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--methods", action="store_true", help="also time every registered method vs flow_matching")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     result = {name: measure(name, device, args.iters, args.warmup, args.frac) for name in SETUPS}
+    if args.methods:
+        result["methods"] = {name: measure_methods(name, device, args.iters, args.warmup) for name in SETUPS}
     if not args.json:
         print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} frac_r_neq_t={args.frac}")
     print(json.dumps(result, indent=None if args.json else 2))

@@ -125,7 +125,10 @@ def test_failed_trial_is_shown(table, study):
     t = tables.metric_table(df, "swd", study.row_axes)
     assert t.seeds_ok(("logit_normal",)) == "0/2 (all failed)"
     assert t.cell(("logit_normal",), 1) == "diverged 2/2"
-    assert "logit\\_normal | 0/2 (all failed) | diverged 2/2" in t.to_markdown()
+    assert "logit\\_normal | 0/2 (all failed) | — | diverged 2/2" in t.to_markdown()  # no finished seed: no time
+    # the train-time column is the mean of the finished seeds' logged time/train_s
+    assert t.header()[2] == "train s" and t.train_s[(fr.FAILED_VALUE,)] == 3.5
+    assert f"| {fr.FAILED_VALUE.replace('_', chr(92) + '_')} | 2/3 | 4 |" in t.to_markdown()
 
 
 def test_latex_table_structure_and_escaping(table):

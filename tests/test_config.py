@@ -66,3 +66,36 @@ def test_flatten_gives_dotted_scalars():
 @pytest.mark.parametrize("name", ["checkerboard", "seed_toy", "digits", "digits_cfg"])
 def test_shipped_configs_validate(name):
     load_config_file(f"studies/configs/{name}.yaml")
+
+
+# ---- the method block ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides,path,words", [
+    (["method.name=nope"], "method.name", "unknown method 'nope'; valid: alphaflow, consistency, flow_matching, imf, "
+                                          "meanflow, shortcut"),
+    (["method.name=meanflow", "method.shortcut={}"], "method.shortcut", "settings for method 'shortcut', but "
+                                                                        "method.name is 'meanflow'"),
+    (["method.name=flow_matching", "meanflow.frac_r_neq_t=0.5"], "meanflow.frac_r_neq_t",
+     "does not apply to method 'flow_matching'"),
+    (["method.name=flow_matching", "data.conditional=true", "meanflow.cfg.omega=2.0"], "meanflow.cfg",
+     "method 'flow_matching' does not take guidance"),
+])
+def test_method_errors_exit_2_with_the_path(tmp_path, capsys, overrides, path, words):
+    from mfsweep.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {name: digits}\ntrain: {steps: 2}\n")
+    out = tmp_path / "out"
+    argv = ["train", str(cfg), "--out", str(out), "--no-progress"]
+    for item in overrides:
+        argv += ["--set", item]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"  {path}: " in err and words in err, err
+    assert not out.exists()  # nothing written
+
+
+def test_method_settings_default_and_explicit():
+    c = load_trial_config({"method": {"name": "flow_matching"}, "meanflow": {"weight_power": 0.0}})
+    assert c.method.name == "flow_matching" and c.method.settings() is None
+    assert load_trial_config({}).method.name == "meanflow"  # the default method is the paper's

@@ -189,3 +189,12 @@ def test_storage_and_tracking_checks(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:2")
     assert resolve_tracking_uri(None, "http://a:1") == "http://env:2"
     assert resolve_tracking_uri("http://flag:3", "http://a:1") == "http://flag:3"
+
+
+def test_short_names_for_trial_ids():
+    from mfsweep.sweep.axes import short_name
+
+    keys = ["method.name", "meanflow.frac_r_neq_t", "meanflow.time_sampler.name", "model.time_embedding"]
+    assert [short_name(k, keys) for k in keys] == ["method", "frac_r_neq_t", "time_sampler", "time_embedding"]
+    # two axes that would share a short name keep their full keys
+    assert short_name("a.lr", ["a.lr", "b.lr"]) == "a.lr" and short_name("x.y.name", ["x.y.name", "z.y"]) == "x.y.name"
