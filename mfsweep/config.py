@@ -117,17 +117,48 @@ class MeanFlowConfig(Strict):
 class IMFConfig(Strict):
     """``method.imf``: improved MeanFlow (mfsweep/methods/imf.py)."""
 
+    # The JVP's z-tangent: "model", the network's own u(z_t, t, t) without gradient (iMF §4.1), or
+    # "conditional", e − x, with which the v-loss equals MeanFlow's loss: the paper's MF → iMF change.
+    tangent_velocity: Literal["model", "conditional"] = "model"
+
 
 class AlphaFlowConfig(Strict):
-    """``method.alphaflow``: α-Flow (mfsweep/methods/alphaflow.py)."""
+    """``method.alphaflow``: α-Flow (mfsweep/methods/alphaflow.py). The curriculum anneals the consistency
+    step ratio α from 1 (trajectory Flow Matching) to 0 (MeanFlow) along a sigmoid over the window
+    [anneal_start_frac, anneal_end_frac] of train.steps; defaults from the public B/2 recipe
+    (snap-research/alphaflow: sigmoid 0 → max_steps, gamma 25, clamp 0.005)."""
+
+    anneal_start_frac: float = Field(0.0, ge=0, lt=1, description="fraction of train.steps where α starts to leave 1")
+    anneal_end_frac: float = Field(1.0, gt=0, le=1, description="fraction of train.steps where α has reached 0")
+    sigmoid_sharpness: float = Field(25.0, gt=0, description="γ: slope of the sigmoid over the normalised window")
+    alpha_clamp: float = Field(0.005, ge=0, lt=0.5, description="η: α < η becomes 0 (MeanFlow JVP target), α > 1 − η becomes 1")
+
+    @model_validator(mode="after")
+    def _window(self):
+        if not self.anneal_start_frac < self.anneal_end_frac:
+            raise ValueError(f"need anneal_start_frac < anneal_end_frac, got {self.anneal_start_frac} ≥ {self.anneal_end_frac}")
+        return self
 
 
 class ShortcutConfig(Strict):
-    """``method.shortcut``: shortcut models (mfsweep/methods/shortcut.py)."""
+    """``method.shortcut``: shortcut models (mfsweep/methods/shortcut.py). The share of
+    self-consistency rows is ``meanflow.frac_r_neq_t`` (their r ≠ t; paper k = 1/4)."""
+
+    num_levels: int = Field(7, ge=1, le=20, description=(
+        "dyadic step sizes d = 1, 1/2, …, 2^-(num_levels-1) on the self-consistency rows (their half "
+        "steps reach 2^-num_levels); 7 = the paper's 128 = 2^7 denoising steps"))
 
 
 class ConsistencyConfig(Strict):
-    """``method.consistency``: continuous-time consistency training (mfsweep/methods/consistency.py)."""
+    """``method.consistency``: continuous-time consistency training (mfsweep/methods/consistency.py).
+
+    sCT's two stabilisers (Lu & Song 2024, arXiv 2410.11081, §4.2, Algorithm 1); its learned
+    adaptive weighting w_φ(t) is not used (``meanflow.weight_power`` is the shared weighting)."""
+
+    tangent_norm: bool = Field(True, description="normalise the tangent g = sg(u_tgt) − sg(u) to g / (‖g‖ + c)")
+    tangent_norm_c: float = Field(0.1, gt=0, description="c of the tangent normalisation (sCT: 0.1)")
+    tangent_warmup_frac: float = Field(0.025, ge=0, le=1, description=(
+        "fraction of training over which the t·du/dt term ramps 0 → 1; 0 = none (sCT: 10k of 400k iterations)"))
 
 
 class MethodConfig(Strict):
@@ -139,12 +170,30 @@ class MethodConfig(Strict):
 
     _name = field_validator("name")(lambda v: METHODS.check(v))
 
+    @model_validator(mode="after")
+    def _own_block(self):
+        """The chosen method's block with its defaults when not given, so that the resolved config (and
+        the params logged to MLflow) shows the settings the trial ran with."""
+        field = MethodConfig.model_fields.get(self.name)
+        if field is not None and getattr(self, self.name) is None:
+            setattr(self, self.name, next(a for a in field.annotation.__args__ if a is not type(None))())
+        return self
+
     def settings(self) -> Strict | None:
-        """The chosen method's block (its defaults when not given); None for methods without one."""
-        cls = MethodConfig.model_fields.get(self.name)
-        if cls is None:
-            return None
-        return getattr(self, self.name) or cls.annotation.__args__[0]()
+        """The chosen method's block; None for methods without one (flow_matching, meanflow)."""
+        return getattr(self, self.name, None)
+
+
+#: Each method's own paper defaults for shared `meanflow.*` keys, used where the config does not set
+#: them (the `meanflow` block's defaults are MeanFlow's): plain L2 for Flow Matching (Lipman et al.)
+#: and consistency training (sCT's squared norm); iMF's official c = 0.01 and 50% r ≠ t; α-Flow's
+#: B/2 runs' 50% r ≠ t. Shortcut models read no weighting (plain L2, METHOD_KEYS).
+METHOD_DEFAULTS: dict[str, dict[str, object]] = {
+    "flow_matching": {"weight_power": 0.0},
+    "consistency": {"weight_power": 0.0},
+    "imf": {"weight_eps": 0.01, "frac_r_neq_t": 0.5},
+    "alphaflow": {"frac_r_neq_t": 0.5},
+}
 
 
 #: method → the `meanflow.*` keys it reads (a key set for a method that does not read it is an
@@ -153,10 +202,10 @@ _SHARED = {"time_sampler", "weight_power", "weight_eps", "cfg"}
 METHOD_KEYS: dict[str, tuple[set[str], bool]] = {
     "meanflow": (_SHARED | {"frac_r_neq_t", "tangent", "u_from"}, True),
     "flow_matching": (_SHARED, False),
-    "imf": (_SHARED | {"frac_r_neq_t", "tangent", "u_from"}, True),
-    "alphaflow": (_SHARED | {"frac_r_neq_t", "tangent", "u_from"}, True),
-    "shortcut": (_SHARED | {"frac_r_neq_t", "tangent", "u_from"}, True),
-    "consistency": (_SHARED | {"frac_r_neq_t", "tangent", "u_from"}, True),
+    "imf": (_SHARED | {"frac_r_neq_t"}, False),  # own tangent (method.imf.tangent_velocity); no guidance
+    "alphaflow": (_SHARED | {"frac_r_neq_t", "u_from"}, True),  # tangent fixed to (v, 0, 1)
+    "shortcut": ({"time_sampler", "cfg", "frac_r_neq_t"}, False),  # plain L2 (no adaptive weight); no guidance
+    "consistency": (_SHARED | {"tangent", "u_from"}, False),
 }
 
 
@@ -232,6 +281,17 @@ class TrialConfig(Strict):
     meanflow: MeanFlowConfig = Field(default_factory=MeanFlowConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, raw):
+        """Fill the chosen method's defaults for shared keys the config leaves out (METHOD_DEFAULTS)."""
+        method = raw.get("method") if isinstance(raw, dict) else None
+        name = method.get("name") if isinstance(method, dict) else None
+        shared = raw.get("meanflow", {}) if isinstance(raw, dict) else None
+        if name in METHOD_DEFAULTS and isinstance(shared, dict):
+            raw = {**raw, "meanflow": {**METHOD_DEFAULTS[name], **shared}}
+        return raw
 
     @model_validator(mode="after")
     def _cross_field(self):

@@ -99,3 +99,16 @@ def test_method_settings_default_and_explicit():
     c = load_trial_config({"method": {"name": "flow_matching"}, "meanflow": {"weight_power": 0.0}})
     assert c.method.name == "flow_matching" and c.method.settings() is None
     assert load_trial_config({}).method.name == "meanflow"  # the default method is the paper's
+
+
+def test_each_method_gets_its_own_defaults_for_shared_keys_unless_set():
+    from mfsweep.config import METHOD_DEFAULTS
+
+    for name, defaults in METHOD_DEFAULTS.items():
+        c = load_trial_config({"method": {"name": name}})
+        assert {k: getattr(c.meanflow, k) for k in defaults} == defaults, name
+    assert load_trial_config({"method": {"name": "flow_matching"}}).meanflow.weight_power == 0.0
+    assert load_trial_config({"method": {"name": "flow_matching"}, "meanflow": {"weight_power": 1.0}}).meanflow.weight_power == 1.0
+    assert load_trial_config({}).meanflow.weight_power == 1.0  # MeanFlow's own
+    # the chosen method's block is filled with its defaults (the resolved config shows them)
+    assert flatten(load_trial_config({"method": {"name": "shortcut"}}))["method.shortcut.num_levels"] == 7

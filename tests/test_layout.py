@@ -156,7 +156,7 @@ def test_registry_is_lazy_and_has_one_error_format():
         Registry("widget", {"x": 0}, Mine).check(3)
 
 
-@pytest.mark.parametrize("name", ["mfsweep.methods:TIME_SAMPLERS", "mfsweep.methods:TANGENTS",
+@pytest.mark.parametrize("name", ["mfsweep.methods:METHODS", "mfsweep.methods:TIME_SAMPLERS", "mfsweep.methods:TANGENTS",
                                   "mfsweep.methods:TIME_GRIDS", "mfsweep.models:TIME_EMBEDDINGS",
                                   "mfsweep.models:BACKBONES", "mfsweep.data:DATASETS",
                                   "mfsweep.evaluation.metrics:METRICS"])

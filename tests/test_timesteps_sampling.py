@@ -89,18 +89,34 @@ def test_instantaneous_sampling_calls_the_network_with_r_equal_t():
     assert seen == [False] * 4
 
 
-def test_origin_sampling_moves_along_the_line_to_the_predicted_data_point():
-    """velocity="origin" asks for u(z, 0, t); a jump to r lands on the line from z_t to x̂ = z_t − t·u."""
+def test_origin_sampling_predicts_the_data_point_and_renoises_with_fresh_noise():
+    """velocity="origin" asks for u(z, 0, t): x̂ = z_t − t·u; a step to r > 0 re-noises x̂ with fresh
+    seeded noise, z_r = (1 − r)·x̂ + r·e′ (consistency models' multistep sampler)."""
     seen = []
     x_hat = torch.tensor([[0.5, -1.0]], dtype=torch.float64)
 
     def net(z, r, t, y):  # the exact average velocity to t = 0 for a point mass at x_hat
-        seen.append(bool((r == 0).all()))
+        seen.append((bool((r == 0).all()), round(float(t[0]), 6), z.clone()))
         return (z - x_hat) / t[:, None]
 
     e = torch.randn(1, 2, dtype=torch.float64)
-    grid = make_time_grid(3, dtype=torch.float64)
-    assert torch.allclose(sample(net, e, None, grid, velocity="origin"), x_hat)
-    assert seen == [True] * 3
+    grid = make_time_grid(2, dtype=torch.float64)
+    out = sample(net, e, None, grid, velocity="origin", generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(out, x_hat)
+    assert [s[:2] for s in seen] == [(True, 1.0), (True, 0.5)]
+    fresh = torch.randn(1, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    assert torch.allclose(seen[1][2], 0.5 * x_hat + 0.5 * fresh)  # re-noised with e′, not along the line to e
     with pytest.raises(ValueError, match="unknown sampling velocity 'sideways'; valid: average, instantaneous, origin"):
         sample(net, e, None, grid, velocity="sideways")
+
+
+def test_origin_sampling_keeps_the_gaussian_marginal_at_every_nfe():
+    """With the exact Gaussian solution, multistep "origin" samples have the data's mean and std."""
+    from gaussian import M, S, exact_average_velocity
+
+    net = lambda z, r, t, y: exact_average_velocity(z, r, t)  # noqa: E731
+    e = torch.randn(20000, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for k in (1, 2, 4):
+        x = sample(net, e, None, make_time_grid(k, dtype=torch.float64), velocity="origin",
+                   generator=torch.Generator().manual_seed(1))
+        assert torch.allclose(x.mean(0), M, atol=0.05) and torch.allclose(x.std(0), S, rtol=0.03), (k, x.std(0))

@@ -98,12 +98,14 @@ def evaluate(net, dataset, *, nfes: Sequence[int] = (1, 2, 4, 8), num_samples: i
             time_grid = make_time_grid(k, grid)
             _sync(device)
             t0 = time.perf_counter()
+            # fresh noise for stochastic multistep samplers ("origin"), seeded per evaluation
+            renoise = torch.Generator(device=torch.device(device)).manual_seed(int(seed) + 1)
             with torch.no_grad():
                 chunks = []
                 for i in range(0, num_samples, batch_size):
                     y = None if labels is None else labels[i:i + batch_size].to(device)
                     chunks.append(sample(net, noise[i:i + batch_size].to(device), y, time_grid.to(device),
-                                         velocity=velocity).cpu())
+                                         velocity=velocity, generator=renoise).cpu())
             _sync(device)
             result.timings[f"sampling/nfe_{k}"] = time.perf_counter() - t0
             x = torch.cat(chunks) if chunks else noise[:0]

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from mfsweep.methods import TIME_SAMPLERS
-from mfsweep.methods.meanflow import adaptive_weight, linear_path
+from mfsweep.methods.meanflow import adaptive_weight, draw_path_batch
 
 
 class FlowMatchingLoss:
@@ -39,15 +39,14 @@ class FlowMatchingLoss:
         self.weight_power, self.weight_eps = weight_power, weight_eps
         self.class_dropout, self.num_classes = class_dropout, num_classes
 
+    def times(self, b: int, generator=None, device=None) -> tuple[Tensor, Tensor]:
+        """(t, t): one draw of the time sampler per row (the first of its pair)."""
+        t = self.time_fn(b, self.time_params, generator, torch.device(device or "cpu"))[0]
+        return t, t
+
     def __call__(self, net, x: Tensor, y: Tensor | None = None, generator: torch.Generator | None = None
                  ) -> tuple[Tensor, dict[str, Tensor]]:
-        b = x.shape[0]
-        e = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        t = self.time_fn(b, self.time_params, generator, x.device)[0].to(x.dtype)
-        z, v = linear_path(x, e, t)
-        if y is not None and self.num_classes is not None:
-            dropped = torch.rand(b, generator=generator, device=x.device) < self.class_dropout
-            y = torch.where(dropped, torch.full_like(y, self.num_classes), y)
+        z, _, t, v, y, _ = draw_path_batch(x, y, generator, self.times, self.class_dropout, self.num_classes)
         sq_err = (net(z, t, t, y) - v).pow(2).flatten(1).sum(1)
         loss = adaptive_weight(sq_err, self.weight_power, self.weight_eps)
         return loss, {"mse": sq_err.detach().mean(), "loss": loss.detach().mean()}

@@ -10,7 +10,7 @@ Jacobian-vector product of u along the tangent (v, 0, 1) on the inputs (z, r, t)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -19,7 +19,7 @@ from mfsweep.methods import TANGENTS
 from mfsweep.methods.timesteps import num_r_neq_t, sample_t_r
 
 
-def _per_sample(x: Tensor, ndim: int) -> Tensor:
+def per_sample(x: Tensor, ndim: int) -> Tensor:
     """Reshape (B,) to (B, 1, ..., 1) so it broadcasts against a (B, ...) tensor of ndim dims."""
     return x.reshape(-1, *([1] * (ndim - 1)))
 
@@ -29,8 +29,36 @@ def linear_path(x: Tensor, e: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
 
     x, e: (B, ...); t: (B,). Returns z_t and v, both (B, ...).
     """
-    tb = _per_sample(t, x.ndim)
+    tb = per_sample(t, x.ndim)
     return (1 - tb) * x + tb * e, e - x
+
+
+class PathBatch(NamedTuple):
+    """One training batch on the path: z_t, v (B, ...); r, t (B,); labels y after class dropout (B,)
+    or None; dropped (B,) bool or None."""
+
+    z: Tensor
+    r: Tensor
+    t: Tensor
+    v: Tensor
+    y: Tensor | None
+    dropped: Tensor | None
+
+
+def draw_path_batch(x: Tensor, y: Tensor | None, generator: torch.Generator | None, times: Callable,
+                    class_dropout: float, num_classes: int | None) -> PathBatch:
+    """The draws every method's loss starts with, in one order: the noise e ~ N(0, I), the times
+    ``times(B, generator, device) -> (t, r)``, the path point z_t and velocity v (``linear_path``),
+    then class dropout to the null class ``num_classes`` (conditional data only). x: (B, ...)."""
+    b = x.shape[0]
+    e = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    t, r = (a.to(x.dtype) for a in times(b, generator, x.device))
+    z, v = linear_path(x, e, t)
+    dropped = None
+    if y is not None and num_classes is not None:
+        dropped = torch.rand(b, generator=generator, device=x.device) < class_dropout
+        y = torch.where(dropped, torch.full_like(y, num_classes), y)
+    return PathBatch(z, r, t, v, y, dropped)
 
 
 def adaptive_weight(sq_err: Tensor, power: float, eps: float) -> Tensor:
@@ -64,7 +92,7 @@ def meanflow_target(
     dr, dt = TANGENTS.lookup(tangent)
     tangents = (v, torch.full_like(r, dr), torch.full_like(t, dt))
     u, dudt = torch.func.jvp(u_fn, (z, r, t), tangents)
-    u_tgt = v - _per_sample(t - r, z.ndim) * dudt
+    u_tgt = v - per_sample(t - r, z.ndim) * dudt
     return u, u_tgt.detach()
 
 
@@ -100,8 +128,8 @@ def guided_velocity(net, cfg: CFGSettings, z: Tensor, t: Tensor, v: Tensor, y: T
     u_c, u_null = both.chunk(2)
     active = (t >= cfg.t_start) & (t <= cfg.t_end) & ~dropped
     # full_like keeps v's dtype (a Python scalar in torch.where would round through float32).
-    omega = _per_sample(torch.where(active, torch.full_like(t, cfg.omega), torch.ones_like(t)), v.ndim)
-    kappa = _per_sample(torch.where(active, torch.full_like(t, cfg.kappa), torch.zeros_like(t)), v.ndim)
+    omega = per_sample(torch.where(active, torch.full_like(t, cfg.omega), torch.ones_like(t)), v.ndim)
+    kappa = per_sample(torch.where(active, torch.full_like(t, cfg.kappa), torch.zeros_like(t)), v.ndim)
     return omega * v + kappa * u_c + (1.0 - omega - kappa) * u_null
 
 
@@ -150,21 +178,18 @@ class MeanFlowLoss:
         self, net, x: Tensor, y: Tensor | None = None, generator: torch.Generator | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """x: data (B, ...); y: labels (B,) int64 or None. Returns loss (B,) and monitor values."""
-        b = x.shape[0]
-        e = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        t, r = sample_t_r(b, self.time_sampler, self.time_params, self.frac_r_neq_t, generator, x.device)
-        t, r = t.to(x.dtype), r.to(x.dtype)
-        z, v = linear_path(x, e, t)
-        if y is not None and self.num_classes is not None:
-            dropped = torch.rand(b, generator=generator, device=x.device) < self.cfg.class_dropout
-            y = torch.where(dropped, torch.full_like(y, self.num_classes), y)
-            if self.cfg.guided:
-                v = guided_velocity(net, self.cfg, z, t, v, y, dropped, self.num_classes)
-        u, u_tgt = self._prediction_and_target(net, z, r, t, v, y, num_r_neq_t(b, self.frac_r_neq_t))
+        z, r, t, v, y, dropped = draw_path_batch(x, y, generator, self.times, self.cfg.class_dropout, self.num_classes)
+        if dropped is not None and self.cfg.guided:
+            v = guided_velocity(net, self.cfg, z, t, v, y, dropped, self.num_classes)
+        u, u_tgt = self._prediction_and_target(net, z, r, t, v, y, num_r_neq_t(x.shape[0], self.frac_r_neq_t))
         sq_err = (u - u_tgt).pow(2).flatten(1).sum(1)  # (B,), summed over data dimensions
         loss = adaptive_weight(sq_err, self.weight_power, self.weight_eps)  # paper §4.3; p = 0: plain L2
         # Detached tensors, not floats: .item() every step would force a device sync.
         return loss, {"mse": sq_err.detach().mean(), "loss": loss.detach().mean()}
+
+    def times(self, b: int, generator=None, device=None) -> tuple[Tensor, Tensor]:
+        """(t, r) for a batch of b: the r ≠ t rows first (docs/method.md §3)."""
+        return sample_t_r(b, self.time_sampler, self.time_params, self.frac_r_neq_t, generator, device)
 
     def _prediction_and_target(self, net, z, r, t, v, y, n: int) -> tuple[Tensor, Tensor]:
         """u and the detached target for the batch whose first ``n`` rows have r ≠ t.
