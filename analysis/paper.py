@@ -83,6 +83,16 @@ METHOD_COLUMN = "paper (ImageNet 256 FID 1-NFE / 2-NFE; CIFAR-10 1-NFE)"
 METHOD_NUMBERS: dict[str, MethodNumbers] = {
     "meanflow": MethodNumbers(3.43, 2.93, "MF-XL/2, 240 ep", 2.92,
                               "Geng et al. 2025, arXiv 2505.13447, Tables 2 and 3"),
+    "imf": MethodNumbers(1.72, None, "iMF-XL/2", None,
+                         "Geng et al. 2025, arXiv 2512.02012 (1-NFE as restated in docs/method.md §5; the 2-NFE "
+                         "value was not checked)"),
+    "alphaflow": MethodNumbers(2.58, 2.15, "α-Flow-XL/2+", None,
+                               "Zhang et al. 2025, arXiv 2510.20771, ImageNet table of snap-research/alphaflow"),
+    "shortcut": MethodNumbers(10.60, None, "Shortcut-XL/2", None,
+                              "Frans et al. 2025, arXiv 2410.12557, as compared in Geng et al. 2025, Table 2"),
+    "consistency": MethodNumbers(None, None, "", 2.97,
+                                 "sCT, Lu & Song 2024, arXiv 2410.11081, Table 1 (CIFAR-10 1-step; 2.06 at 2 steps; "
+                                 "no ImageNet 256 result)"),
 }
 
 

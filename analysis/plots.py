@@ -22,14 +22,14 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from analysis.load import StudyRuns, trials  # noqa: E402
+from mfsweep.schema import short_axis_name  # noqa: E402
 
 FINISHED = "finished"
 
 
 def short_keys(axes: list[str]) -> dict[str, str]:
-    """Last dotted component of each axis key, unless two axes would share it."""
-    last = [a.rsplit(".", 1)[-1] for a in axes]
-    return {a: (s if last.count(s) == 1 else a) for a, s in zip(axes, last)}
+    """Each axis key's short name, as in trial ids (``mfsweep.schema.short_axis_name``)."""
+    return {a: short_axis_name(a, axes) for a in axes}
 
 
 def variant_labels(frame: pd.DataFrame, axes: list[str]) -> pd.Series:

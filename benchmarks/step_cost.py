@@ -10,9 +10,7 @@ ratio of peak memory. Peak memory is CUDA's max_memory_allocated on a GPU; on a 
 autograd saves for the backward pass (the activation memory that dominates the peak), counted
 with saved_tensors_hooks. The paper reports a MeanFlow/FM step ratio of 1.16 (JAX, TPU).
 
-    python benchmarks/step_cost.py --methods --json
-
-also times every registered training method (``method.name``, mfsweep.methods.METHODS) with its
+It also times every registered training method (``method.name``, mfsweep.methods.METHODS) with its
 default settings, built from a trial config as a study would, relative to ``flow_matching`` on the
 same backbone and batch. Methods with a schedule are timed in their end-of-training state
 (``on_step(total, total)``: α-Flow at its final α, consistency training after warm-up).
@@ -75,15 +73,18 @@ def _peak_bytes(net, opt, loss_fn, x, gen, device) -> int:
     return torch.cuda.max_memory_allocated() - base
 
 
-def measure(name: str, device: torch.device, iters: int, warmup: int, frac: float) -> dict:
+def _setup(name: str, device: torch.device):
+    """Backbone, optimizer, a fixed batch and a generator for the setup ``name``."""
     s = SETUPS[name]
     torch.manual_seed(0)
     net = build_backbone(s["model"], s["shape"], None).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     x = torch.randn(s["batch"], *s["shape"], device=device)
-    gen = torch.Generator(device=device).manual_seed(0)
-    losses = {"fm": MeanFlowLoss(frac_r_neq_t=0.0), "mf": MeanFlowLoss(frac_r_neq_t=frac),
-              "mf_fwd": MeanFlowLoss(frac_r_neq_t=frac, u_from="forward")}
+    return net, opt, x, torch.Generator(device=device).manual_seed(0)
+
+
+def _median_ms(net, opt, losses: dict, x, gen, device, iters: int, warmup: int) -> dict[str, float]:
+    """Median step time (ms) of each loss, the losses interleaved so that machine noise hits all alike."""
     times = {k: [] for k in losses}
     for i in range(warmup + iters):
         for key, loss_fn in losses.items():
@@ -93,40 +94,33 @@ def measure(name: str, device: torch.device, iters: int, warmup: int, frac: floa
             _sync(device)
             if i >= warmup:
                 times[key].append(time.perf_counter() - t0)
-    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+
+
+def measure(name: str, device: torch.device, iters: int, warmup: int, frac: float) -> dict:
+    net, opt, x, gen = _setup(name, device)
+    losses = {"fm": MeanFlowLoss(frac_r_neq_t=0.0), "mf": MeanFlowLoss(frac_r_neq_t=frac),
+              "mf_fwd": MeanFlowLoss(frac_r_neq_t=frac, u_from="forward")}
+    ms = _median_ms(net, opt, losses, x, gen, device, iters, warmup)
     mem = {k: _peak_bytes(net, opt, fn, x, gen, device) for k, fn in losses.items()}
     return {"fm_ms": round(ms["fm"], 3), "mf_ms": round(ms["mf"], 3), "ratio": round(ms["mf"] / ms["fm"], 3),
             "mem_ratio": round(mem["mf"] / mem["fm"], 3),
             # meanflow.u_from = "forward": no-grad JVP for the target, one plain forward for u
             "mf_forward_ms": round(ms["mf_fwd"], 3), "forward_ratio": round(ms["mf_fwd"] / ms["fm"], 3),
-            "forward_mem_ratio": round(mem["mf_fwd"] / mem["fm"], 3), "batch": s["batch"],
+            "forward_mem_ratio": round(mem["mf_fwd"] / mem["fm"], 3), "batch": SETUPS[name]["batch"],
             "mem_method": "cuda_max_allocated" if device.type == "cuda" else "autograd_saved_bytes"}
 
 
 def measure_methods(name: str, device: torch.device, iters: int, warmup: int) -> dict:
     """Median step time of every registered method (default settings) and its ratio to flow_matching."""
-    s = SETUPS[name]
-    torch.manual_seed(0)
-    net = build_backbone(s["model"], s["shape"], None).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-    x = torch.randn(s["batch"], *s["shape"], device=device)
-    gen = torch.Generator(device=device).manual_seed(0)
+    net, opt, x, gen = _setup(name, device)
     losses = {}
     for method in METHODS:
         loss_fn = METHODS.lookup(method)(load_trial_config({"method": {"name": method}}), None)
         if hasattr(loss_fn, "on_step"):
             loss_fn.on_step(1000, 1000)
         losses[method] = loss_fn
-    times = {k: [] for k in losses}
-    for i in range(warmup + iters):
-        for key, loss_fn in losses.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            _step(net, opt, loss_fn, x, gen)
-            _sync(device)
-            if i >= warmup:
-                times[key].append(time.perf_counter() - t0)
-    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    ms = _median_ms(net, opt, losses, x, gen, device, iters, warmup)
     return {k: {"ms": round(v, 3), "ratio_vs_flow_matching": round(v / ms["flow_matching"], 3)} for k, v in ms.items()}
 
 
@@ -138,13 +132,13 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--frac", type=float, default=0.25, help="fraction of rows with r ≠ t for MeanFlow")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--methods", action="store_true", help="also time every registered method vs flow_matching")
+    p.add_argument("--no-methods", action="store_true", help="skip timing every registered method vs flow_matching")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     result = {name: measure(name, device, args.iters, args.warmup, args.frac) for name in SETUPS}
-    if args.methods:
+    if not args.no_methods:
         result["methods"] = {name: measure_methods(name, device, args.iters, args.warmup) for name in SETUPS}
     if not args.json:
         print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} frac_r_neq_t={args.frac}")

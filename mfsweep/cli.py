@@ -60,7 +60,7 @@ def trial_table(plan, limit: int = 200):
     """The plan's trials as a rich table (axis values by short name, seed last)."""
     from rich.table import Table
 
-    from mfsweep.sweep.axes import short_name
+    from mfsweep.schema import short_axis_name
 
     s = plan.study
     title = f"{s.name}: {len(plan.trials) or s.search.num_samples} trials ({s.search.algorithm})"
@@ -69,7 +69,7 @@ def trial_table(plan, limit: int = 200):
     table.add_column("#", justify="right")
     table.add_column("trial id", no_wrap=True)
     for key in keys:
-        name = short_name(key, keys)
+        name = short_axis_name(key, keys)
         table.add_column(name, overflow="fold", min_width=min(len(name), 14))
     if s.search.algorithm == "optuna":
         for axis in plan.axes:

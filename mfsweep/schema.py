@@ -1,5 +1,5 @@
 """Names shared by the writer of a study's MLflow runs (``mfsweep.sweep.tracking``) and its reader
-(``analysis/``): metric keys and MLflow filter quoting. Standard library only, so ``analysis/``
+(``analysis/``): metric keys, MLflow filter quoting and the short names of axis keys. Standard library only, so ``analysis/``
 can import it without loading torch, Ray or the training code (schema: docs/architecture.md).
 
 A metric value is identified by (metric, NFE); its key is ``{metric}/nfe_{k}`` (``swd/nfe_1``);
@@ -19,6 +19,19 @@ LOGGED_METRIC_KEY = re.compile(rf"^(final|eval)/({_NAME})/nfe_(\d+)$")
 
 def metric_key(metric: str, nfe: int) -> str:
     return f"{metric}/nfe_{int(nfe)}"
+
+
+def _last(key: str) -> str:
+    parts = key.split(".")
+    return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
+
+
+def short_axis_name(key: str, all_keys: list[str]) -> str:
+    """How an axis is named in trial ids, tables and plot legends: its last dotted part, or the one
+    before a final ``name`` (``method.name`` → ``method``), or the full key when two axes of
+    ``all_keys`` would share that short name."""
+    last = _last(key)
+    return last if sum(_last(k) == last for k in all_keys) == 1 else key
 
 
 def quote(value: str) -> str:

@@ -192,7 +192,7 @@ def test_storage_and_tracking_checks(monkeypatch, tmp_path):
 
 
 def test_short_names_for_trial_ids():
-    from mfsweep.sweep.axes import short_name
+    from mfsweep.schema import short_axis_name as short_name
 
     keys = ["method.name", "meanflow.frac_r_neq_t", "meanflow.time_sampler.name", "model.time_embedding"]
     assert [short_name(k, keys) for k in keys] == ["method", "frac_r_neq_t", "time_sampler", "time_embedding"]

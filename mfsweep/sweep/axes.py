@@ -81,18 +81,6 @@ def varying_leaves(key: str, configs: list[TrialConfig]) -> list[str]:
     return varying or ([key] if key in leaves else leaves[:1])
 
 
-def _last(key: str) -> str:
-    """The last dotted part, or the one before a final ``name`` (``method.name`` → ``method``)."""
-    parts = key.split(".")
-    return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
-
-
-def short_name(key: str, all_keys: list[str]) -> str:
-    """``key``'s last meaningful part (see _last), or the full key when two axes share it."""
-    last = _last(key)
-    return last if sum(_last(k) == last for k in all_keys) == 1 else key
-
-
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
 
 

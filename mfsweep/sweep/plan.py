@@ -19,7 +19,8 @@ import numpy as np
 from mfsweep.config import ConfigError, TrialConfig, get_dotted, load_trial_config, set_dotted
 from mfsweep.data import TOYS
 from mfsweep.sweep import checks
-from mfsweep.sweep.axes import Axis, as_tag, draw, parse_axes, short_name, trial_id, varying_leaves
+from mfsweep.schema import short_axis_name
+from mfsweep.sweep.axes import Axis, as_tag, draw, parse_axes, trial_id, varying_leaves
 from mfsweep.sweep.study import Study, study_hash
 
 @dataclass
@@ -79,7 +80,7 @@ class StudyPlan:
         parts = []
         for a in self.axes:
             v = a.id_value(choices[a.key])
-            parts.append((short_name(a.key, names), float(f"{v:.{digits}g}") if digits and isinstance(v, float) else v))
+            parts.append((short_axis_name(a.key, names), float(f"{v:.{digits}g}") if digits and isinstance(v, float) else v))
         return parts
 
     def search_trial(self, number: int, tune_axes: dict[str, Any]) -> TrialSpec:
