@@ -1,0 +1,1 @@
+"""Training: the explicit loop (train.py; no Ray, no MLflow), atomic checkpoints, sample pictures."""
