@@ -92,7 +92,7 @@ METHOD_NUMBERS: dict[str, MethodNumbers] = {
                               "Frans et al. 2025, arXiv 2410.12557, as compared in Geng et al. 2025, Table 2"),
     "consistency": MethodNumbers(None, None, "", 2.97,
                                  "sCT, Lu & Song 2024, arXiv 2410.11081, Table 1 (CIFAR-10 1-step; 2.06 at 2 steps; "
-                                 "no ImageNet 256 result)"),
+                                 "ECT 3.60 / 2.11 as cited there; no ImageNet 256 result)"),
 }
 
 
