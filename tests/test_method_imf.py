@@ -4,7 +4,7 @@ the MeanFlow equivalence of the conditional tangent, the subset JVP, and the con
 import pytest
 import torch
 
-from mfsweep.config import ConfigError, load_trial_config
+from mfsweep.config import ConfigError, load_trial_config, set_dotted
 from mfsweep.methods import METHODS
 from mfsweep.methods.imf import IMFLoss, compound_velocity
 from mfsweep.methods.meanflow import MeanFlowLoss, linear_path
@@ -159,12 +159,8 @@ def test_unknown_tangent_velocity_lists_valid_names():
 
 def _cfg(**over):
     raw = {"method": {"name": "imf"}, "data": {"name": "checkerboard", "conditional": True}}
-    for key, value in over.items():
-        node = raw
-        *parents, leaf = key.split("__")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+    for key, value in over.items():  # train__steps=5 sets train.steps
+        set_dotted(raw, key.replace("__", "."), value)
     return load_trial_config(raw)
 
 

@@ -7,7 +7,7 @@ import torch
 
 from mfsweep.training import checkpoint as ckpt
 from mfsweep.cli import main
-from mfsweep.config import load_trial_config
+from mfsweep.config import load_trial_config, set_dotted
 from mfsweep.training.train import train
 
 TINY = {
@@ -21,12 +21,8 @@ TINY = {
 
 def cfg(**over):
     raw = json.loads(json.dumps(TINY))
-    for key, value in over.items():
-        node = raw
-        *parents, leaf = key.split("__")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+    for key, value in over.items():  # train__steps=5 sets train.steps
+        set_dotted(raw, key.replace("__", "."), value)
     return load_trial_config(raw)
 
 

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from mfsweep.evaluation.metrics import METRICS, ReferenceSet, default_metrics, make_reference
 from mfsweep.methods.sampling import make_time_grid, sample
+from mfsweep.schema import metric_key
 
 __all__ = ["EvalResult", "evaluate", "draw_noise"]
 
@@ -114,7 +115,7 @@ def evaluate(net, dataset, *, nfes: Sequence[int] = (1, 2, 4, 8), num_samples: i
             result.diverged |= not finite
             for name, spec in specs.items():
                 t0 = time.perf_counter()
-                result.values[f"{name}/nfe_{k}"] = spec(x, ref, seed=seed) if finite else math.nan
+                result.values[metric_key(name, k)] = spec(x, ref, seed=seed) if finite else math.nan
                 result.timings[f"metric/{name}/nfe_{k}"] = time.perf_counter() - t0
     finally:
         if was_training:

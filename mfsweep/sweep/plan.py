@@ -19,7 +19,7 @@ import numpy as np
 from mfsweep.config import ConfigError, TrialConfig, get_dotted, load_trial_config, set_dotted
 from mfsweep.data import TOYS
 from mfsweep.sweep import checks
-from mfsweep.schema import short_axis_name
+from mfsweep.schema import metric_key, short_axis_name
 from mfsweep.sweep.axes import Axis, as_tag, draw, parse_axes, trial_id, varying_leaves
 from mfsweep.sweep.study import Study, study_hash
 
@@ -114,7 +114,7 @@ def _default_metric(study: Study, base: dict) -> str | None:
     if not names:
         name = data.get("name", "checkerboard")
         names = ["swd"] if name in TOYS else ["fd_digits"] if name == "digits" else None
-    return f"{names[0]}/nfe_{min(nfes)}" if names else None
+    return metric_key(names[0], min(nfes)) if names else None
 
 
 def make_plan(study: Study, source: str = "study") -> StudyPlan:
