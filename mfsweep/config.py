@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mfsweep.data import DATASETS, TOYS
 from mfsweep.methods import METHODS, TANGENTS, TIME_GRIDS, TIME_SAMPLERS
-from mfsweep.models import BACKBONES, TIME_EMBEDDINGS
+from mfsweep.models import BACKBONES, IMAGE_BACKBONES, TIME_EMBEDDINGS
 
 
 class ConfigError(ValueError):
@@ -37,19 +37,30 @@ class Strict(BaseModel):
 
 class DataConfig(Strict):
     name: str = "checkerboard"
-    path: str | None = None  # for name = npy: a .npy (x) or .npz (x, optional y) file
-    num_train: int = Field(20000, ge=2, description="toys: generated training points")
-    num_test: int = Field(5000, ge=2, description="toys: generated held-out points")
-    test_fraction: float = Field(0.2, gt=0, lt=1, description="digits / npy: held-out fraction")
+    # npy: a .npy (x) or .npz (x, optional y) file; image_folder: the folder of class sub-folders;
+    # latents: the folder `mfsweep encode` wrote; cifar10: the download folder (default: the cache)
+    path: str | None = None
+    num_train: int = Field(20000, ge=2, description="toys / synthetic_images: generated training items")
+    num_test: int = Field(5000, ge=2, description="toys / synthetic_images: generated held-out items")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="digits / npy / image_folder / latents: held-out fraction")
     seed: int = 0  # data generation and split; fixed across a study's trials
     conditional: bool = False  # train on class labels (needed for CFG)
+    resolution: int | None = Field(None, ge=4, description="image_folder / synthetic_images: image side in pixels")
+    channels: int = Field(3, ge=1, le=4, description="synthetic_images: image channels")
+    num_classes: int = Field(10, ge=1, description="synthetic_images: classes")
+    hflip: bool = Field(False, description="images: random horizontal flips of training batches (paper: CIFAR-10)")
+    download: bool = Field(True, description="cifar10: download into data.path when it is missing")
+    max_items: int | None = Field(None, ge=2, description="use at most this many training items (smoke runs)")
+    vae: str | None = Field(None, description="latents: decode with this VAE (path or hub name) instead of the shards' own")
 
     _name = field_validator("name")(lambda v: DATASETS.check(v))
 
     @model_validator(mode="after")
-    def _path_for_npy(self):
-        if self.name == "npy" and not self.path:
-            raise ValueError("data.path is required when data.name is 'npy'")
+    def _path_required(self):
+        if self.name in ("npy", "image_folder", "latents") and not self.path:
+            what = {"npy": "a .npy or .npz file", "image_folder": "a folder of class sub-folders",
+                    "latents": "the folder `mfsweep encode` wrote"}[self.name]
+            raise ValueError(f"data.path is required when data.name is {self.name!r} ({what})")
         return self
 
 
@@ -74,6 +85,10 @@ class TimeSamplerConfig(Strict):
     name: str = "logit_normal"
     mu: float = -0.4  # logit-normal location (of t for separate_logit_normal)
     sigma: float = Field(1.0, gt=0)
+    # How the two draws become (t, r): "max_min" t = max, r = min (the paper); "clip_r" the first draw
+    # is t and r = min(t, second draw), so t keeps its own distribution (the official PyTorch code's
+    # improved CIFAR-10 setting, docs/method.md §3).
+    order: Literal["max_min", "clip_r"] = "max_min"
     r_mu: float = -4.0  # separate_logit_normal only: r ~ LN(r_mu, r_sigma)
     r_sigma: float = Field(1.6, gt=0)
 
@@ -239,6 +254,9 @@ class TrainConfig(Strict):
     log_every: int = Field(50, ge=1)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = Field(None, ge=1, description="torch CPU threads; null leaves torch's default")
+    # bf16: the network runs under bf16 autocast; the target, the JVP tangents and the loss stay fp32
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = Field(False, description="torch.compile the network (compiled once per trial)")
 
     @field_validator("device")
     @classmethod
@@ -261,6 +279,9 @@ class EvalConfig(Strict):
     metrics: list[str] | None = None  # None: the dataset's default metrics
     seed: int = 0  # evaluation noise seed: the same noise for every NFE and every trial
     batch_size: int = Field(1000, ge=1)
+    # FID / KID against precomputed statistics (an ADM-style .npz with mu, sigma, e.g.
+    # VIRTUAL_imagenet256_labeled.npz) instead of the dataset's own images
+    reference_stats: str | None = None
 
     _grid = field_validator("grid")(lambda v: TIME_GRIDS.check(v))
 
@@ -301,8 +322,9 @@ class TrialConfig(Strict):
         if self.meanflow.u_from == "forward" and self.model.dropout > 0:
             raise ValueError("meanflow.u_from: 'forward' needs model.dropout: 0 (the JVP and the forward pass "
                              "would draw different dropout masks); use 'jvp'")
-        if self.model.backbone == "unet" and self.data.name in TOYS:
-            raise ValueError(f"model.backbone: unet needs image data, but data.name {self.data.name!r} is 2-D vectors")
+        if self.model.backbone in IMAGE_BACKBONES and self.data.name in TOYS:
+            raise ValueError(f"model.backbone: {self.model.backbone} needs image data, but data.name "
+                             f"{self.data.name!r} is 2-D vectors")
         return self
 
 

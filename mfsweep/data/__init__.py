@@ -3,6 +3,10 @@
     toys.py     2-D toys generated from ``data.seed`` (two_gaussians, moons, checkerboard, ...)
     digits.py   scikit-learn's 8×8 digits (no download)
     arrays.py   a user's own .npy / .npz file (``data.path``)
+    cifar10.py      CIFAR-10 through torchvision (``data.path`` is the download folder)
+    image_folder.py class sub-folders of images → labels, resized / center-cropped to ``data.resolution``
+    latents.py      pre-encoded latent shards (``mfsweep encode``), memory-mapped; decoded with their VAE
+    synthetic.py    generated class-dependent images of any size (tests and ``--smoke``; no download)
 
 Every trial of a study sees the same data: generation and splits depend on ``data.seed`` only; the
 training seed changes the order and the noise. Names are listed here without importing torch.
@@ -11,7 +15,7 @@ training seed changes the order and the noise. Names are listed here without imp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 from mfsweep.registry import Registry, lazy
 
@@ -35,6 +39,10 @@ class Dataset:
     shape: tuple[int, ...]
     split_seed: int | None = None  # how a split dataset was split (metrics trained on it follow it)
     test_fraction: float | None = None
+    hflip: bool = False  # training batches are flipped left-right at random (images)
+    # latents → images in [-1, 1] (N, *image_shape) before image metrics; None when x already is images
+    decode: Callable[[Tensor], Tensor] | None = None
+    image_shape: tuple[int, ...] | None = None  # per-sample shape after decode
 
 
 #: 2-D toy generators ``fn(n, rng) -> (x (n, 2), y (n,), num_classes)`` (mfsweep.data.toys).
@@ -44,7 +52,11 @@ TOYS = Registry("toy dataset", {name: lazy(f"mfsweep.data.toys:{name}") for name
 #: ``data.name`` → loader ``fn(cfg: DataConfig) -> Dataset``.
 DATASETS = Registry("dataset", {**{name: lazy("mfsweep.data.toys:load") for name in TOYS},
                                 "digits": lazy("mfsweep.data.digits:load"),
-                                "npy": lazy("mfsweep.data.arrays:load")}, DataError)
+                                "npy": lazy("mfsweep.data.arrays:load"),
+                                "cifar10": lazy("mfsweep.data.cifar10:load"),
+                                "image_folder": lazy("mfsweep.data.image_folder:load"),
+                                "latents": lazy("mfsweep.data.latents:load"),
+                                "synthetic_images": lazy("mfsweep.data.synthetic:load")}, DataError)
 
 
 def load_dataset(cfg) -> Dataset:
