@@ -322,6 +322,9 @@ class TrialConfig(Strict):
         if self.meanflow.u_from == "forward" and self.model.dropout > 0:
             raise ValueError("meanflow.u_from: 'forward' needs model.dropout: 0 (the JVP and the forward pass "
                              "would draw different dropout masks); use 'jvp'")
+        if self.train.compile and self.method.name == "alphaflow":
+            raise ValueError("train.compile: method 'alphaflow' changes its α every step, which would recompile "
+                             "the loss at every step; use train.compile: false")
         if self.model.backbone in IMAGE_BACKBONES and self.data.name in TOYS:
             raise ValueError(f"model.backbone: {self.model.backbone} needs image data, but data.name "
                              f"{self.data.name!r} is 2-D vectors")

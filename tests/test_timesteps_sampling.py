@@ -33,6 +33,28 @@ def test_separate_logit_normal_puts_r_near_zero():
     assert r.median() < 0.05 < t.median()
 
 
+@pytest.mark.parametrize("frac", [0.25, 1.0])
+def test_clip_r_keeps_the_distribution_of_t_and_max_min_shifts_it(frac):
+    """The official CIFAR-10 setting: t ~ LN(-0.6, 1.6) keeps its own law under clip_r (median
+    sigmoid(-0.6) = 0.354); max/min takes the larger of the two draws, so its t is never below
+    clip_r's on the same draws and is above it wherever r's draw exceeded t's (a shift of t's median
+    by about 0.007 here)."""
+    params = {"mu": -0.6, "sigma": 1.6, "r_mu": -4.0, "r_sigma": 1.6}
+    median = torch.sigmoid(torch.tensor(-0.6)).item()
+    t_clip, r_clip = sample_t_r(200_000, "separate_logit_normal", {**params, "order": "clip_r"}, frac,
+                                torch.Generator().manual_seed(0))
+    t_max, _ = sample_t_r(200_000, "separate_logit_normal", {**params, "order": "max_min"}, frac,
+                          torch.Generator().manual_seed(0))
+    assert t_clip.median().item() == pytest.approx(median, abs=5e-3)
+    assert (t_max >= t_clip).all() and (t_max > t_clip).float().mean() > 0.01
+    assert t_max.median().item() > median + 0.004
+    assert ((0 <= r_clip) & (r_clip <= t_clip)).all()
+    n = num_r_neq_t(200_000, frac)
+    assert torch.equal(r_clip[n:], t_clip[n:])
+    with pytest.raises(ValueError, match="valid: clip_r, max_min"):
+        sample_t_r(4, "uniform", {"order": "sorted"}, 0.5)
+
+
 def test_uniform_pair_has_the_order_statistic_means():
     t, r = sample_t_r(200_000, "uniform", {}, 1.0, torch.Generator().manual_seed(1))
     assert t.mean().item() == pytest.approx(2 / 3, abs=5e-3)  # E[max of two U(0,1)]

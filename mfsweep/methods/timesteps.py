@@ -2,7 +2,10 @@
 
 Convention: t = 1 is noise, t = 0 is data, 0 ≤ r ≤ t ≤ 1.
 
-A sampler draws two times per row from a named distribution and sets t = max, r = min. Then
+A sampler draws two times per row from a named distribution; ``order`` turns them into (t, r):
+"max_min" (the paper) sets t = max, r = min; "clip_r" keeps the first draw as t and sets
+r = min(t, second draw), so t keeps its own distribution (the official PyTorch code's improved
+CIFAR-10 setting, t ~ LN(−0.6, 1.6), r ~ LN(−4.0, 1.6); with max/min, t would shift upward). Then
 ``frac_r_neq_t`` of the batch (a fixed count, ``round(frac_r_neq_t * B)``, placed first so shapes
 stay static) keeps r ≠ t; every other row gets r = t, where the MeanFlow target reduces to the
 Flow Matching target v.
@@ -56,12 +59,20 @@ def sample_t_r(
 ) -> tuple[Tensor, Tensor]:
     """Draw (t, r), each of shape (B,), with 0 ≤ r ≤ t ≤ 1.
 
-    The first ``round(frac_r_neq_t * B)`` rows keep r = min(draws) ≤ t = max(draws); the remaining
-    rows have r = t exactly.
+    The first ``round(frac_r_neq_t * B)`` rows keep r ≤ t (``params["order"]``: "max_min", the
+    default, r = min(draws) and t = max(draws); "clip_r", t = first draw and r = min(t, second draw));
+    the remaining rows have r = t exactly. mfsweep fixes the count of r ≠ t rows per batch where the
+    official code draws r ≠ t per row (same expectation, less variance; docs/method.md §3).
     """
     fn = TIME_SAMPLERS.lookup(name)
     a, b = fn(batch_size, params, generator, torch.device(device))
-    t, r = torch.maximum(a, b), torch.minimum(a, b)
+    order = params.get("order", "max_min")
+    if order == "max_min":
+        t, r = torch.maximum(a, b), torch.minimum(a, b)
+    elif order == "clip_r":
+        t, r = a, torch.minimum(a, b)
+    else:
+        raise ValueError(f"unknown time-sampler order {order!r}; valid: clip_r, max_min")
     n = num_r_neq_t(batch_size, frac_r_neq_t)
     r = torch.cat([r[:n], t[n:]])
     return t, r

@@ -22,10 +22,12 @@ from tqdm.auto import tqdm
 from mfsweep.config import TrialConfig, dump_yaml
 from mfsweep.data import DataError, Dataset, load_dataset
 from mfsweep.evaluation.evaluate import evaluate
+from mfsweep.evaluation.metrics import make_reference
 from mfsweep.fileio import write_text_atomic
 from mfsweep.methods import METHODS
 from mfsweep.models import build_backbone
 from mfsweep.training import checkpoint as ckpt
+from mfsweep.training.fast import compiled_loss, with_precision
 from mfsweep.training.viz import save_samples_png
 
 
@@ -84,10 +86,38 @@ def _lr_lambda(warmup: int):
 def _comparable(cfg: TrialConfig) -> dict:
     """The parts of a config that a checkpoint must agree with to be resumed (steps may grow)."""
     d = cfg.model_dump()
-    for key in ("steps", "checkpoint_every", "log_every", "device", "threads"):
+    for key in ("steps", "checkpoint_every", "log_every", "device", "threads", "compile"):
         d["train"].pop(key)
     d.pop("eval")
     return d
+
+
+#: Datasets up to this size are moved to the accelerator once; larger ones (memory-mapped latents)
+#: stay in host memory and each batch is gathered there and copied.
+_ON_DEVICE_BYTES = 2 * 2**30
+
+
+def _batches(dataset: Dataset, cfg: TrialConfig, device: torch.device, gen: torch.Generator):
+    """``next_batch() -> (x, y)``: ``train.batch_size`` rows drawn with replacement from ``gen`` (a
+    CPU generator, part of the checkpoint), flipped left-right at random when ``dataset.hflip``."""
+    x_all, y_all = dataset.x_train, dataset.y_train if cfg.data.conditional else None
+    if x_all.numel() * x_all.element_size() <= _ON_DEVICE_BYTES:
+        x_all = x_all.to(device)
+        y_all = None if y_all is None else y_all.to(device)
+    n, b = len(x_all), cfg.train.batch_size
+
+    def next_batch():
+        idx = torch.randint(n, (b,), generator=gen)
+        if dataset.hflip:
+            flip = (torch.rand(b, generator=gen) < 0.5).to(device)
+        idx_on = idx.to(x_all.device)
+        x = x_all[idx_on].to(device, non_blocking=True)
+        y = None if y_all is None else y_all[idx_on].to(device, non_blocking=True)
+        if dataset.hflip:
+            x = torch.where(flip.view(-1, *[1] * (x.ndim - 1)), x.flip(-1), x)
+        return x, y
+
+    return next_batch
 
 
 def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None, progress: bool = True) -> TrainResult:
@@ -133,21 +163,23 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
         hooks.on_checkpoint(step, path)
         return path
 
-    x_train = dataset.x_train.to(device)
-    y_train = dataset.y_train.to(device) if cfg.data.conditional else None
+    next_batch = _batches(dataset, cfg, device, gen_batch)
+    net = with_precision(model, tc.precision, device)  # what the loss calls; model holds the weights
+    step_loss = compiled_loss(loss_fn) if tc.compile else loss_fn
     ev = cfg.eval
+    reference = make_reference(dataset, stats_path=ev.reference_stats, device=device) if ev.reference_stats else None
     eval_kwargs = dict(nfes=ev.nfe, seed=ev.seed, metrics=ev.metrics, grid=ev.grid, batch_size=ev.batch_size,
-                       device=device, velocity=sampling_velocity(cfg, loss_fn))
+                       device=device, velocity=sampling_velocity(cfg, loss_fn), reference=reference)
     status, error = "finished", None
     running: list[torch.Tensor] = []
     bar = tqdm(total=tc.steps, initial=step, desc=cfg.name, disable=not progress, dynamic_ncols=True)
     t_start = time.perf_counter() - train_time
     model.train()
     while step < tc.steps:
-        idx = torch.randint(len(x_train), (tc.batch_size,), generator=gen_batch).to(device)
+        x, y = next_batch()
         if on_step is not None:
             on_step(step, tc.steps)
-        loss_vec, mon = loss_fn(model, x_train[idx], None if y_train is None else y_train[idx], generator=gen_noise)
+        loss_vec, mon = step_loss(net, x, y, generator=gen_noise)
         loss = loss_vec.mean()
         if not bool(torch.isfinite(loss)):  # before the update: the weights stay good
             status, error = "diverged", f"diverged at step {step + 1}: loss is {loss.item()}"
@@ -169,7 +201,8 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
             bar.set_postfix(loss=f"{log['train/loss']:.4g}", mse=f"{log['train/mse']:.4g}")
             hooks.on_log(step, log)
         if ev.every_steps and step % ev.every_steps == 0 and step < tc.steps:
-            res = evaluate(ema.module, dataset, num_samples=ev.num_samples_during, **eval_kwargs)
+            res = evaluate(with_precision(ema.module, tc.precision, device), dataset,
+                           num_samples=ev.num_samples_during, **eval_kwargs)
             hooks.on_eval(step, res.flat(), ev.num_samples_during, "eval")  # EMA copy: model stays in train mode
         if step % tc.checkpoint_every == 0 or step == tc.steps:
             train_time = time.perf_counter() - t_start
@@ -179,7 +212,8 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
 
     result = TrainResult(status=status, step=step, train_time_s=train_time, error=error, out_dir=str(out))
     if status == "finished":
-        res = evaluate(ema.module, dataset, num_samples=ev.num_samples, **eval_kwargs)
+        res = evaluate(with_precision(ema.module, tc.precision, device), dataset, num_samples=ev.num_samples,
+                       **eval_kwargs)
         result.metrics = res.flat()
         result.metric_metadata = res.metadata
         if res.diverged:

@@ -1,0 +1,79 @@
+"""train.precision (bf16 autocast), train.compile (torch.compile of the loss call) and random flips."""
+
+import pytest
+import torch
+import torch._dynamo.utils as dynamo_utils
+
+from mfsweep.config import ConfigError, load_trial_config
+from mfsweep.data import Dataset
+from mfsweep.methods import METHODS
+from mfsweep.models import build_backbone
+from mfsweep.training.fast import Autocast, compiled_loss, with_precision
+from mfsweep.training.train import _batches
+
+
+def _setup(**raw):
+    cfg = load_trial_config(raw)
+    torch.manual_seed(0)
+    net = build_backbone(cfg.model, (2,), None)
+    return cfg, net, METHODS.lookup(cfg.method.name)(cfg, None)
+
+
+def _loss_and_grads(loss_call, net, model, x):
+    model.zero_grad(set_to_none=True)
+    loss_vec, _ = loss_call(net, x, None, generator=torch.Generator().manual_seed(3))
+    loss_vec.mean().backward()
+    return loss_vec.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def test_bf16_runs_the_network_in_bf16_and_keeps_target_and_loss_in_fp32():
+    cfg, model, loss_fn = _setup(train={"precision": "bf16"})
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+             for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
+    net = with_precision(model, "bf16", torch.device("cpu"))
+    assert isinstance(net, Autocast)
+    loss16, grads16 = _loss_and_grads(loss_fn, net, model, x)
+    for h in hooks:
+        h.remove()
+    assert seen and all(d == torch.bfloat16 for d in seen)  # every matmul ran in bf16
+    loss32, grads32 = _loss_and_grads(loss_fn, model, model, x)
+    assert loss16.dtype == torch.float32 and all(g.dtype == torch.float32 for g in grads16)
+    assert torch.allclose(loss16, loss32, rtol=5e-2, atol=1e-2)  # bf16 has ~3 significant digits
+    assert not torch.equal(loss16, loss32)  # and it did change the arithmetic
+    assert with_precision(model, "fp32", torch.device("cpu")) is model
+
+
+def test_compiled_loss_equals_eager_and_really_compiles():
+    cfg, model, loss_fn = _setup(train={"compile": True})
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
+    eager_loss, eager_grads = _loss_and_grads(loss_fn, model, model, x)
+    dynamo_utils.counters.clear()
+    step = compiled_loss(loss_fn)
+    comp_loss, comp_grads = _loss_and_grads(step, model, model, x)
+    assert dynamo_utils.counters["stats"]["unique_graphs"] > 0  # dynamo captured the JVP's graph
+    assert torch.allclose(comp_loss, eager_loss, rtol=1e-6, atol=1e-7)
+    for a, b in zip(comp_grads, eager_grads):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_compile_with_a_per_step_schedule_is_refused():
+    with pytest.raises(ConfigError, match="train.compile: method 'alphaflow'"):
+        load_trial_config({"train": {"compile": True}, "method": {"name": "alphaflow"}})
+
+
+def test_hflip_flips_about_half_of_the_batch_left_right_and_nothing_else():
+    x = torch.arange(4 * 1 * 2 * 3, dtype=torch.float32).reshape(4, 1, 2, 3)
+    cfg = load_trial_config({"data": {"name": "synthetic_images"}, "model": {"backbone": "unet"},
+                             "train": {"batch_size": 400}})
+    ds = Dataset("imgs", "image", x, None, x, None, None, (1, 2, 3), hflip=True)
+    xb, yb = _batches(ds, cfg, torch.device("cpu"), torch.Generator().manual_seed(0))()
+    assert yb is None and xb.shape == (400, 1, 2, 3)
+    as_is = (xb[:, None] == x[None]).flatten(2).all(-1).any(-1)
+    flipped = (xb[:, None] == x.flip(-1)[None]).flatten(2).all(-1).any(-1)
+    assert (as_is ^ flipped).all()  # every row is a training image, flipped or not
+    assert 0.4 < flipped.float().mean() < 0.6
+    ds.hflip = False
+    xb, _ = _batches(ds, cfg, torch.device("cpu"), torch.Generator().manual_seed(0))()
+    assert (xb[:, None] == x[None]).flatten(2).all(-1).any(-1).all()
