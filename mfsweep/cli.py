@@ -52,7 +52,7 @@ def _load(args):
     from mfsweep.sweep.plan import make_plan
     from mfsweep.sweep.study import load_study
 
-    study, text = load_study(args.study, args.set)
+    study, text = load_study(args.study, args.set, smoke=getattr(args, "smoke", False))
     return make_plan(study, f"study {args.study}"), text
 
 
@@ -131,6 +131,10 @@ def _cmd_run(args) -> int:
     import yaml
 
     from mfsweep.sweep.runner import run_plan
+    if args.smoke:
+        from mfsweep.sweep.smoke import prepare_smoke_data
+
+        prepare_smoke_data(plan)
     from mfsweep.sweep.tracking import resolve_tracking_uri
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -153,12 +157,30 @@ def _cmd_run(args) -> int:
     return EXIT_OK
 
 
+def _cmd_encode(args) -> int:
+    from mfsweep.data import DataError
+    from mfsweep.data.encode import encode_folder
+
+    if args.resolution < 8 or args.batch_size < 1:
+        raise DataError(f"--resolution must be ≥ 8 and --batch-size ≥ 1, got {args.resolution} and {args.batch_size}")
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    summary = encode_folder(args.image_dir, args.out, vae=args.vae, resolution=args.resolution,
+                            batch_size=args.batch_size, device=device, progress=not args.no_progress)
+    print(f"encoded {summary.get('count')} images into {args.out}: " +
+          ", ".join(f"{k} {v}" for k, v in summary.items() if k != "count"))
+    return EXIT_OK
+
+
 def _cmd_report(args) -> int:
     from analysis.report import write_report  # analysis/ ships in the same distribution
     from mfsweep.sweep.study import load_study
     from mfsweep.sweep.tracking import resolve_tracking_uri
 
-    study, _ = load_study(args.study, args.set)
+    study, _ = load_study(args.study, args.set, smoke=args.smoke)
     uri = resolve_tracking_uri(args.tracking_uri, study.tracking.uri)
     files = write_report(study.name, tracking_uri=uri, out_dir=args.out, experiment=study.experiment)
     for key, path in files.items():
@@ -185,6 +207,9 @@ def add_study_commands(sub) -> None:
         p.add_argument("study", help="study YAML, e.g. studies/rt_sampling.yaml")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a study key, e.g. base.train.steps=200 or seeds=[0]")
+        p.add_argument("--smoke", action="store_true",
+                       help="shrink the study to minutes on a CPU, offline: tiny backbone of the same family, "
+                            "generated data, few steps, small eval (its own experiment: <name>_smoke)")
 
     v = sub.add_parser("validate", help="check a study file and print its trial table (exit 0 or 2)")
     common(v)
@@ -225,6 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
     add_study_commands(sub)
+    e = sub.add_parser("encode", help="encode a folder of class sub-folders of images into latent shards with a VAE")
+    e.add_argument("image_dir", help="folder of class sub-folders of images (ImageNet layout)")
+    e.add_argument("out", help="output folder for the shards (must not exist or be empty)")
+    e.add_argument("--vae", required=True, help="diffusers AutoencoderKL: a local folder or a hub name, "
+                                                "e.g. stabilityai/sd-vae-ft-ema")
+    e.add_argument("--resolution", type=int, default=256, help="images are resized and center-cropped to this")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.set_defaults(func=_cmd_encode)
     return p
 
 

@@ -78,7 +78,7 @@ def test_html_report_renders_in_chromium(tmp_path_factory, tmp_path):
     cell = f"{logged.mean():.4g} ± {logged.std(ddof=1):.2g} (n={len(fr.SEEDS)})"
     assert cell in text, cell
     assert "failed 1/3" in text and fr.FAILED_ERROR in text
-    assert "paper (1-NFE FID, ImageNet 256)" in text
+    assert "paper (1-NFE FID)" in text
     assert_nonblank_png(shot)
 
 

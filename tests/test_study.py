@@ -15,7 +15,7 @@ from mfsweep.sweep.plan import make_plan
 from mfsweep.sweep.study import load_study, parse_study
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = sorted((ROOT / "studies").glob("*.yaml"))
+SHIPPED = sorted((ROOT / "studies").glob("*.yaml")) + sorted((ROOT / "studies" / "paper").glob("*.yaml"))
 TOY_BASE = {"data": {"name": "moons"}, "model": {"hidden_dim": 16, "depth": 1}, "train": {"steps": 10}}
 
 

@@ -61,9 +61,13 @@ class StudyPlan:
         for key, value in choices.items():
             set_dotted(raw, key, value, merge=True)
         raw["seed"], raw["name"] = seed, name
-        data = raw.get("data")
-        if isinstance(data, dict) and isinstance(data.get("path"), str) and "://" not in data["path"]:
-            data["path"] = str(Path(data["path"]).expanduser().resolve())  # trials run in other folders
+        # trials run in other folders: local paths become absolute (a VAE given as a hub name, e.g.
+        # stabilityai/sd-vae-ft-ema, is only made absolute when such a folder exists here)
+        for block, key in (("data", "path"), ("eval", "reference_stats"), ("data", "vae")):
+            node = raw.get(block)
+            value = node.get(key) if isinstance(node, dict) else None
+            if isinstance(value, str) and "://" not in value and (key != "vae" or Path(value).expanduser().exists()):
+                node[key] = str(Path(value).expanduser().resolve())
         return raw
 
     def tags_of(self, cfg: TrialConfig, choices: dict[str, Any]) -> dict[str, str]:

@@ -65,7 +65,7 @@ class Storage(Strict):
 class Study(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
-    paper_table: Literal["1a", "1b", "1c", "1d", "1e", "1f", "5"] | None = None
+    paper_table: Literal["1a", "1b", "1c", "1d", "1e", "1f", "5", "2", "cifar10"] | None = None
     base: dict[str, Any] = Field(default_factory=dict)
     axes: dict[str, Any] = Field(default_factory=dict)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
@@ -138,10 +138,16 @@ def parse_study(raw: Any, source: str = "study") -> Study:
     return study
 
 
-def load_study(path: str | Path, overrides: list[str] = ()) -> tuple[Study, str]:
-    """Read, override and validate a study file. Returns (Study, the file's text as given)."""
+def load_study(path: str | Path, overrides: list[str] = (), smoke: bool = False) -> tuple[Study, str]:
+    """Read, override (``--set``, then ``--smoke``: mfsweep.sweep.smoke) and validate a study file.
+    Returns (Study, the file's text as given; with smoke, marked so that it hashes apart)."""
     raw = apply_overrides(read_yaml(path, "study"), list(overrides))
-    return parse_study(raw, f"study {path}"), Path(path).read_text()
+    text = Path(path).read_text()
+    if smoke:
+        from mfsweep.sweep.smoke import smoke_study
+
+        raw, text = smoke_study(raw), text + "\n# --smoke\n"
+    return parse_study(raw, f"study {path}"), text
 
 
 def study_hash(payload: Any) -> str:

@@ -9,13 +9,17 @@
 
 All three take samples `x: (N, D)` and `y: (M, D)` (anything with N leading rows is flattened to
 (N, -1)) and return a float, lower is better, 0 for identical sets.
+
+`swd` also applies to images (in pixel space, flattened): a distance that needs no downloaded
+feature network, used by `mfsweep run --smoke` on image and latent studies (offline); it is not a
+substitute for FID.
 """
 
 from __future__ import annotations
 
 import torch
 
-from mfsweep.evaluation.metrics import VECTOR, MetricSpec, on_reference_samples
+from mfsweep.evaluation.metrics import IMAGE, VECTOR, MetricSpec, on_reference_samples
 
 __all__ = ["random_directions", "wasserstein_1d_sq", "sliced_wasserstein", "energy_distance", "median_bandwidth",
            "mmd_rbf"]
@@ -129,6 +133,6 @@ def mmd_rbf(x: torch.Tensor, y: torch.Tensor, *, bandwidth: float | None = None,
     return float(m.clamp_min(0.0))
 
 
-SWD = MetricSpec("swd", on_reference_samples(sliced_wasserstein), VECTOR, "identity", "none")
+SWD = MetricSpec("swd", on_reference_samples(sliced_wasserstein), VECTOR | IMAGE, "identity", "none")
 ENERGY = MetricSpec("energy", on_reference_samples(energy_distance), VECTOR, "identity", "none")
 MMD = MetricSpec("mmd", on_reference_samples(mmd_rbf), VECTOR, "identity", "none")
