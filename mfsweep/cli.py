@@ -169,9 +169,10 @@ def _cmd_encode(args) -> int:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     summary = encode_folder(args.image_dir, args.out, vae=args.vae, resolution=args.resolution,
-                            batch_size=args.batch_size, device=device, progress=not args.no_progress)
-    print(f"encoded {summary.get('count')} images into {args.out}: " +
-          ", ".join(f"{k} {v}" for k, v in summary.items() if k != "count"))
+                            batch_size=args.batch_size, device=device, posterior=args.posterior, seed=args.seed,
+                            copy_vae=args.copy_vae, progress=not args.no_progress)
+    print(f"encoded {summary['count']} images into {args.out}: latents {summary['shape']} {summary['dtype']}, "
+          f"scaling factor {summary['scaling_factor']}, VAE {summary['vae']}, {summary['seconds']:.1f} s")
     return EXIT_OK
 
 
@@ -258,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--resolution", type=int, default=256, help="images are resized and center-cropped to this")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    e.add_argument("--posterior", default="sample", choices=["sample", "mean"],
+                   help="encode a seeded sample of the VAE posterior (DiT's recipe) or its mean")
+    e.add_argument("--seed", type=int, default=0, help="posterior noise and the row order (the held-out split)")
+    e.add_argument("--copy-vae", action="store_true", help="copy a local VAE folder into OUT/vae")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=_cmd_encode)
     return p

@@ -42,7 +42,9 @@ class DataConfig(Strict):
     path: str | None = None
     num_train: int = Field(20000, ge=2, description="toys / synthetic_images: generated training items")
     num_test: int = Field(5000, ge=2, description="toys / synthetic_images: generated held-out items")
-    test_fraction: float = Field(0.2, gt=0, lt=1, description="digits / npy / image_folder / latents: held-out fraction")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description=(
+        "digits / npy / image_folder / latents: held-out fraction (latents: the last rows of the file, "
+        "whose order `mfsweep encode --seed` fixed)"))
     seed: int = 0  # data generation and split; fixed across a study's trials
     conditional: bool = False  # train on class labels (needed for CFG)
     resolution: int | None = Field(None, ge=4, description="image_folder / synthetic_images: image side in pixels")
