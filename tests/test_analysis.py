@@ -174,8 +174,9 @@ def test_paper_values_and_column(table):
     assert paper.paper_lookup("1a", both) == (65.90, "1d")
     assert paper.paper_lookup("5", {"meanflow.cfg.kappa": "0"}) == (20.15, "5")
     head = table.header()[-1]
-    assert "paper (1-NFE FID" in head and "ImageNet" in head
+    assert head == "paper (1-NFE FID)"  # which data and table: in the caption's citation
     assert "| 61.06 |" in table.to_markdown() and "arXiv 2505.13447" in table.caption()
+    assert "ImageNet 256" in table.caption()
     assert "not comparable" in table.caption()
     csv = table.to_csv()
     assert csv.splitlines()[0].startswith(f"{fr.AXIS},nfe,mean,std,n") and "61.06" in csv

@@ -198,3 +198,14 @@ def test_short_names_for_trial_ids():
     assert [short_name(k, keys) for k in keys] == ["method", "frac_r_neq_t", "time_sampler", "time_embedding"]
     # two axes that would share a short name keep their full keys
     assert short_name("a.lr", ["a.lr", "b.lr"]) == "a.lr" and short_name("x.y.name", ["x.y.name", "z.y"]) == "x.y.name"
+
+
+def test_a_higher_is_better_search_metric_needs_mode_max():
+    raw = {"name": "pr", "base": {**TOY_BASE, "eval": {"every_steps": 5}},
+           "axes": {"train.lr": {"loguniform": [1e-4, 1e-2]}},
+           "search": {"algorithm": "optuna", "num_samples": 2, "metric": "recall/nfe_1"},
+           "scheduler": {"name": "asha", "grace_period": 2}}
+    errs = errors_of(raw)
+    assert "higher-is-better" in errs["search.mode"] and "scheduler.mode" in errs
+    raw["search"]["mode"] = "max"
+    assert plan_of(raw).metric == "recall/nfe_1"  # the scheduler follows search.mode

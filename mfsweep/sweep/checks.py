@@ -120,6 +120,14 @@ def check_metric(plan, errors: list) -> None:
             errors.append((path, f"metric {m.group(1)!r} is not computed; eval.metrics is {base.eval.metrics}"))
     if needs and plan.metric is None:
         errors.append(("search.metric", "set the metric to optimise, e.g. swd/nfe_1"))
+    # a higher-is-better metric (precision, recall, inception_score) optimised the wrong way round
+    for path, used, metric, mode in (
+            ("search.mode", study.search.algorithm == "optuna", plan.metric, study.search.mode),
+            ("scheduler.mode", study.scheduler.name == "asha", study.scheduler.metric or plan.metric,
+             study.scheduler.mode or study.search.mode)):
+        m = METRIC_KEY.match(metric or "")
+        if used and m and m.group(1) in METRICS and METRICS.lookup(m.group(1)).higher_is_better and mode != "max":
+            errors.append((path, f"metric {metric!r} is higher-is-better; set {path}: max"))
     if study.scheduler.name == "asha":
         if not 0 < base.eval.every_steps < base.train.steps:
             errors.append(("scheduler.name", "asha stops trials on the periodic evaluation: "

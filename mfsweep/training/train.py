@@ -97,6 +97,15 @@ def _comparable(cfg: TrialConfig) -> dict:
 _ON_DEVICE_BYTES = 2 * 2**30
 
 
+#: At most this many bytes of samples are saved per NFE (``samples/nfe_{k}.npy``); at least 64 rows.
+_SAVE_BYTES = 256 * 2**20
+
+
+def _saved_count(samples: torch.Tensor) -> int:
+    per_row = max(1, samples[:1].numel() * samples.element_size())
+    return min(len(samples), max(64, _SAVE_BYTES // per_row))
+
+
 def _batches(dataset: Dataset, cfg: TrialConfig, device: torch.device, gen: torch.Generator):
     """``next_batch() -> (x, y)``: ``train.batch_size`` rows drawn with replacement from ``gen`` (a
     CPU generator, part of the checkpoint), flipped left-right at random when ``dataset.hflip``."""
@@ -221,6 +230,7 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
         (out / "samples").mkdir(exist_ok=True)
         ref = dataset.x_test[:2000] if dataset.kind == "vector" else None
         for nfe, samples in res.samples.items():
+            samples = samples[:_saved_count(samples)]  # FID-50K of 256² images would be 39 GB per NFE
             np.save(out / "samples" / f"nfe_{nfe}.npy", samples.numpy())
             save_samples_png(samples, out / "samples" / f"nfe_{nfe}.png", f"{cfg.name}: NFE = {nfe}", ref)
         hooks.on_eval(step, result.metrics, ev.num_samples, "final")
