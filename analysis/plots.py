@@ -22,7 +22,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from analysis.load import StudyRuns, trials  # noqa: E402
-from mfsweep.schema import short_axis_name  # noqa: E402
+from mfsweep.schema import HIGHER_IS_BETTER, short_axis_name  # noqa: E402
 
 FINISHED = "finished"
 
@@ -51,7 +51,8 @@ def _save(fig, out_path: str | Path) -> Path:
 
 def plot_metric_vs_nfe(df: pd.DataFrame, metric: str, axes: list[str], out_path: str | Path,
                        phase: str = "final") -> Path | None:
-    """Metric versus NFE (log-2 x axis), one line per variant, error bars = std over seeds.
+    """Metric versus NFE (log-2 x axis), one line per variant, error bars = std over seeds. The y label
+    says "higher is better" for metrics in `mfsweep.schema.HIGHER_IS_BETTER`, else "lower is better".
 
     Variants with trials that did not finish get "(k failed)" in the legend.
     """
@@ -70,7 +71,8 @@ def plot_metric_vs_nfe(df: pd.DataFrame, metric: str, axes: list[str], out_path:
     ax.set_xscale("log", base=2)
     ax.set_xticks(nfes, [str(int(k)) for k in nfes])
     ax.minorticks_off()
-    ax.set(xlabel="NFE (log2)", ylabel=f"{metric} ({phase}, lower is better)",
+    better = "higher" if metric in HIGHER_IS_BETTER else "lower"
+    ax.set(xlabel="NFE (log2)", ylabel=f"{metric} ({phase}, {better} is better)",
            title=f"{metric} vs NFE (mean ± std over seeds)")
     return _save(fig, out_path)
 

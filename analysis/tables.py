@@ -3,7 +3,8 @@
 Rows are the study's variants (every axis except seed), columns are NFEs, a cell is
 "mean ± std (n=k)" over the seeds that finished (mean to 4, std to 2 significant digits). std
 uses ddof=1 (pandas' default, the sample standard deviation) and is left out when n = 1. The
-lowest mean of each column is marked (bold) when there are at least two variants.
+best mean of each column is marked (bold) when there are at least two variants: the lowest, or the
+highest for metrics in `mfsweep.schema.HIGHER_IS_BETTER` (precision, recall, inception_score).
 Trials that did not finish are never dropped silently: a cell says e.g. "(n=1; failed 1/2)" and
 the "seeds ok" column says "0/2 (all failed)" when no seed of a variant finished.
 """
@@ -22,9 +23,15 @@ import pandas as pd
 from analysis.paper import COLUMN as PAPER_COLUMN
 from analysis.paper import NOTE as PAPER_NOTE
 from analysis.paper import METHOD_AXIS, METHOD_COLUMN, METHOD_NUMBERS, method_note, paper_axes, paper_lookup, table_citation
+from mfsweep.schema import HIGHER_IS_BETTER
 
 FINISHED = "finished"
 DDOF = 1
+
+
+def direction(metric: str) -> str:
+    """'higher is better' for metrics in `HIGHER_IS_BETTER`, else 'lower is better'."""
+    return "higher is better" if metric in HIGHER_IS_BETTER else "lower is better"
 
 
 def format_number(x: float, digits: int = 4) -> str:
@@ -90,7 +97,7 @@ class MetricTable:
 
     def caption(self) -> str:
         text = (f"{self.metric} ({self.phase}) versus NFE: mean ± std over seeds (ddof={DDOF}), "
-                f"n = finished seeds; lower is better, best per NFE in bold.")
+                f"n = finished seeds; {direction(self.metric)}, best per NFE in bold.")
         if self.has_train_time:
             text += " train s: mean training wall time of the finished seeds."
         if self.method_paper:
@@ -222,9 +229,9 @@ def metric_table(df: pd.DataFrame, metric: str, axes: list[str], phase: str = "f
                          "n_finished": n_fin, "n_total": total, "notes": notes})
     summary = pd.DataFrame(recs, columns=[*axes, "nfe", "mean", "std", "n", "n_finished",
                                           "n_total", "notes"])
-    mins = summary.groupby("nfe")["mean"].transform("min")
+    best = summary.groupby("nfe")["mean"].transform("max" if metric in HIGHER_IS_BETTER else "min")
     # with a single variant there is nothing to compare: no bold
-    summary["best"] = (summary["mean"] == mins) & summary["n"].gt(0) & (len(variants) > 1)
+    summary["best"] = (summary["mean"] == best) & summary["n"].gt(0) & (len(variants) > 1)
     paper, sources = {}, []
     if paper_table and paper_axes(paper_table) & set(axes):
         for v in variants:

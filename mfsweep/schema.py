@@ -16,6 +16,11 @@ METRIC_KEY = re.compile(rf"^({_NAME})/nfe_(\d+)$")
 #: ``{phase}/{metric}/nfe_{k}`` with phase ``eval`` or ``final``; groups: phase, metric, k.
 LOGGED_METRIC_KEY = re.compile(rf"^(final|eval)/({_NAME})/nfe_(\d+)$")
 
+#: Metrics for which a larger value is better (every other metric: lower is better). Must agree with
+#: ``MetricSpec.higher_is_better`` of ``mfsweep.evaluation.metrics.METRICS`` (tests check it); the
+#: reports (``analysis/``) read it to bold the best cell and to label axes.
+HIGHER_IS_BETTER = frozenset({"precision", "recall", "inception_score"})
+
 
 def metric_key(metric: str, nfe: int) -> str:
     return f"{metric}/nfe_{int(nfe)}"

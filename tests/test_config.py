@@ -29,7 +29,7 @@ def test_every_error_at_once_with_dotted_paths():
             "typo"} <= paths
     text = str(info.value)
     assert "unknown time sampler 'beta'; valid: logit_normal, separate_logit_normal, uniform" in text
-    assert "valid: mlp, unet" in text
+    assert "valid: dit_b2, dit_b4, dit_l2, dit_m2, dit_s2, dit_tiny, dit_xl2, mlp, unet, unet_cifar, unet_cifar_tiny" in text
     assert "t_start < t_end" in text
 
 

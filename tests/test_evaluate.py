@@ -50,13 +50,14 @@ def test_const_net_and_result_layout():
     assert labels is None
     for k in (1, 2, 4):
         torch.testing.assert_close(res.samples[k], noise - 1.0 / k)
-        for name in ("swd", "energy"):  # default metrics for vectors
+        for name in ("swd", "energy", "precision", "recall"):  # default metrics for vectors
             assert math.isfinite(res.values[f"{name}/nfe_{k}"])
             assert res.timings[f"metric/{name}/nfe_{k}"] >= 0
         assert res.timings[f"sampling/nfe_{k}"] >= 0
     flat = res.flat()
     assert flat["num_samples"] == 64.0 and all(isinstance(v, float) for v in flat.values())
-    assert set(flat) == {f"{m}/nfe_{k}" for m in ("swd", "energy") for k in (1, 2, 4)} | {"num_samples"}
+    assert set(flat) == {f"{m}/nfe_{k}" for m in ("swd", "energy", "precision", "recall") for k in (1, 2, 4)} | {
+        "num_samples"}
     meta = res.metadata["swd"]
     assert meta["reference"] == "toy/test" and meta["reference_num"] == 150 and meta["num_samples"] == 64
     assert meta["extractor"] == "identity" and meta["resize"] == "none"
@@ -121,8 +122,9 @@ def test_digits_fd_and_too_few_samples():
     x_tr, x_te, y_tr, y_te = split_digits()
     ds = Dataset("digits", "image", x_tr, y_tr, x_te, y_te, 10, (1, 8, 8))
     res = evaluate(lambda z, r, t, y: 0.5 * z, ds, nfes=(1, 2), num_samples=100, seed=0)
-    assert set(res.values) == {"fd_digits/nfe_1", "fd_digits/nfe_2"}
-    assert all(math.isfinite(v) and v > 0 for v in res.values.values())
+    assert set(res.values) == {f"{m}/nfe_{k}" for m in ("fd_digits", "precision", "recall") for k in (1, 2)}
+    assert all(math.isfinite(res.values[f"fd_digits/nfe_{k}"]) and res.values[f"fd_digits/nfe_{k}"] > 0 for k in (1, 2))
+    assert all(0.0 <= res.values[f"{m}/nfe_{k}"] <= 1.0 for m in ("precision", "recall") for k in (1, 2))
     assert res.metadata["fd_digits"]["reference"] == "digits/train"
     assert res.metadata["fd_digits"]["extractor"].startswith("digits-mlp-v")
     with pytest.raises(ValueError, match="need at least 2 samples for a covariance, got 1"):

@@ -153,8 +153,8 @@ def test_reference_cache_hit_and_invalidation(weights, fake_calls, monkeypatch):
 
 @pytest.fixture
 def fd_calls(monkeypatch):
-    """Records the statistics handed to the Fréchet distance (its maths is tested in test_metrics.py;
-    a 2048-d sqrtm takes tens of seconds on this shared CPU) and returns a marker value."""
+    """Records the statistics handed to the Fréchet distance (its maths is tested in test_metrics.py and
+    test_eval_scale.py; a 2048-d call takes 1-2 s on this shared CPU) and returns a marker value."""
     seen = []
 
     def recording(mu1, sigma1, mu2, sigma2):

@@ -21,12 +21,12 @@ def _gen(seed=0):
 # ---- registry --------------------------------------------------------------------------------
 
 def test_registry_names_and_errors():
-    assert {"swd", "energy", "mmd", "fd_digits", "fid", "kid"} <= set(METRICS)
+    assert {"swd", "energy", "mmd", "fd_digits", "fid", "kid", "precision", "recall", "inception_score"} <= set(METRICS)
     with pytest.raises(ValueError, match=r"unknown metric 'nope'; valid: .*energy.*swd"):
         METRICS.lookup("nope")
-    assert default_metrics("moons", "vector") == ["swd", "energy"]
-    assert default_metrics("digits", "image") == ["fd_digits"]
-    assert default_metrics("cifar10", "image") == ["fid"]
+    assert default_metrics("moons", "vector") == ["swd", "energy", "precision", "recall"]
+    assert default_metrics("digits", "image") == ["fd_digits", "precision", "recall"]
+    assert default_metrics("cifar10", "image") == ["fid", "precision", "recall"]
     for spec in METRICS.values():
         assert spec.kinds <= {"vector", "image"} and spec.extractor and spec.resize
 

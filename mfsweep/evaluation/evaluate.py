@@ -2,20 +2,25 @@
 
 Per-sample noise e ~ N(0, I) (and labels, for class-conditional data) is drawn once from a
 torch.Generator seeded with `seed` and reused for every NFE, so NFE=1 and NFE=4 differ only in the
-sampler. Network time ("sampling/nfe_k") and metric time ("metric/{name}/nfe_k") are timed apart.
+sampler. Network time ("sampling/nfe_k"), decoding time of latent datasets ("decode/nfe_k") and metric
+time ("metric/{name}/nfe_k") are timed apart. Features of one NFE's samples are computed once and
+shared by the metrics (`mfsweep.evaluation.metrics.feature_memo`): the first metric that needs them
+(in the order asked) carries their cost in its timing, and `recall` reuses `precision`'s computation.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
-from mfsweep.evaluation.metrics import METRICS, ReferenceSet, default_metrics, make_reference
+from mfsweep.evaluation.metrics import (METRICS, ReferenceSet, decode_batched, default_metrics, feature_memo,
+                                        make_reference)
 from mfsweep.methods.sampling import make_time_grid, sample
 from mfsweep.schema import metric_key
 
@@ -24,8 +29,9 @@ __all__ = ["EvalResult", "evaluate", "draw_noise"]
 
 @dataclass
 class EvalResult:
-    """values: "{metric}/nfe_{k}" -> float; samples: nfe -> (num_samples, *shape) CPU tensor;
-    timings: seconds, "sampling/nfe_{k}" and "metric/{name}/nfe_{k}"; metadata: metric ->
+    """values: "{metric}/nfe_{k}" -> float; samples: nfe -> (num_samples, *shape) CPU tensor (decoded
+    images, (num_samples, *dataset.image_shape), for a dataset with `decode`); timings: seconds,
+    "sampling/nfe_{k}", "decode/nfe_{k}" (latent datasets) and "metric/{name}/nfe_{k}"; metadata: metric ->
     {"extractor", "resize", "num_samples", "reference", "reference_num", ...}; diverged: any NFE
     produced NaN/inf samples (its metric values are NaN)."""
 
@@ -56,6 +62,10 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize()
 
 
+#: Metrics that compare with reference samples and cannot use an ADM-style statistics npz alone.
+NEEDS_REFERENCE_SAMPLES = frozenset({"kid", "precision", "recall", "swd", "energy", "mmd"})
+
+
 def evaluate(net, dataset, *, nfes: Sequence[int] = (1, 2, 4, 8), num_samples: int = 2000, seed: int = 0,
              metrics: Sequence[str] | None = None, grid: str = "linspace", labels: Tensor | None = None,
              batch_size: int = 1000, device: str = "cpu", reference: ReferenceSet | None = None,
@@ -64,24 +74,48 @@ def evaluate(net, dataset, *, nfes: Sequence[int] = (1, 2, 4, 8), num_samples: i
 
     Args:
         net: `net(z, r, t, y) -> u` (z: (B, *dataset.shape), r, t: (B,), y: (B,) or None).
-        dataset: a `mfsweep.data.Dataset` (uses name, kind, shape, num_classes and the splits).
-        metrics: names from `mfsweep.evaluation.metrics.METRICS`; None -> `default_metrics(name, kind)`.
+        dataset: a `mfsweep.data.Dataset` (uses name, kind, shape, num_classes, the splits and, for
+            latent data, `decode`: generated latents are decoded to images in batches of
+            `batch_size` on `device`, once per NFE, before the metrics and before they are stored in
+            `EvalResult.samples`).
+        metrics: names from `mfsweep.evaluation.metrics.METRICS`; None -> `default_metrics(name, kind)`
+            (kind "image" for decoded latents). Defaults that need reference samples (precision,
+            recall) are left out, with a warning, when the reference has only statistics (a
+            `stats_path` npz); named ones then raise ValueError before any sampling.
         grid: time-grid rule for `make_time_grid`. labels: (num_samples,) int64 to condition on;
             default: uniform labels from the seeded generator when dataset.num_classes is set.
-        reference: what to compare with; default `make_reference(dataset, device=device)`.
+        reference: what to compare with; default `make_reference(dataset, device=device)` (for
+            latent data: a decoded, seeded subset of at most 10,000 reference latents).
         velocity: which velocity the sampler asks the network for ("average", "instantaneous",
             "origin"), see `mfsweep.methods.sampling.sample`.
     Returns:
         EvalResult (see its docstring).
     """
     nfes = tuple(int(k) for k in nfes)
-    names = list(metrics) if metrics is not None else default_metrics(dataset.name, dataset.kind)
+    decode = getattr(dataset, "decode", None)
+    kind = "image" if decode is not None else dataset.kind  # metrics see decoded images
+    names = list(metrics) if metrics is not None else default_metrics(dataset.name, kind)
     specs = {name: METRICS.lookup(name) for name in names}  # unknown names fail before any work
     for spec in specs.values():
-        if dataset.kind not in spec.kinds:
-            raise ValueError(f"metric '{spec.name}' does not apply to {dataset.kind} data "
+        if kind not in spec.kinds:
+            raise ValueError(f"metric '{spec.name}' does not apply to {kind} data "
                              f"(dataset '{dataset.name}'); it needs {sorted(spec.kinds)}")
-    ref = reference if reference is not None else make_reference(dataset, device=device)
+    ref = reference if reference is not None else make_reference(
+        dataset, device=device, decode_batch_size=batch_size)
+    if ref.x is None:
+        if metrics is None:  # precision/recall are defaults for images: leave them out, loudly
+            dropped = [n for n in specs if n in ("precision", "recall")]
+            if dropped:
+                warnings.warn(f"reference '{ref.name}/{ref.split}' has no samples (only statistics "
+                              f"{ref.stats_path}); leaving out the default metrics {dropped}; "
+                              f"make_reference(..., decode_with_stats=True) gives them decoded reference images",
+                              stacklevel=2)
+                specs = {n: s for n, s in specs.items() if n not in dropped}
+        without = [n for n in specs if n in NEEDS_REFERENCE_SAMPLES]
+        if without:
+            raise ValueError(f"metrics {without} need reference samples, but reference '{ref.name}/{ref.split}' "
+                             f"has only statistics ({ref.stats_path}); drop them or pass a reference with samples "
+                             f"(make_reference(..., decode_with_stats=True) for latent datasets)")
     meta = {name: {**spec.metadata(ref), "num_samples": num_samples} for name, spec in specs.items()}
 
     noise, drawn = draw_noise(dataset.shape, num_samples, seed, dataset.num_classes)
@@ -110,13 +144,22 @@ def evaluate(net, dataset, *, nfes: Sequence[int] = (1, 2, 4, 8), num_samples: i
             _sync(device)
             result.timings[f"sampling/nfe_{k}"] = time.perf_counter() - t0
             x = torch.cat(chunks) if chunks else noise[:0]
-            result.samples[k] = x
             finite = bool(torch.isfinite(x).all())
             result.diverged |= not finite
-            for name, spec in specs.items():
+            if decode is not None and x.shape[0] > 0:
+                _sync(device)
                 t0 = time.perf_counter()
-                result.values[metric_key(name, k)] = spec(x, ref, seed=seed) if finite else math.nan
-                result.timings[f"metric/{name}/nfe_{k}"] = time.perf_counter() - t0
+                x = decode_batched(decode, x, batch_size=batch_size, device=device)
+                _sync(device)
+                result.timings[f"decode/nfe_{k}"] = time.perf_counter() - t0
+                finite = finite and bool(torch.isfinite(x).all())
+                result.diverged |= not finite
+            result.samples[k] = x
+            with feature_memo():  # features of x once, shared by the metrics of this NFE
+                for name, spec in specs.items():
+                    t0 = time.perf_counter()
+                    result.values[metric_key(name, k)] = spec(x, ref, seed=seed) if finite else math.nan
+                    result.timings[f"metric/{name}/nfe_{k}"] = time.perf_counter() - t0
     finally:
         if was_training:
             net.train()
