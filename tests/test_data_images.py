@@ -388,3 +388,26 @@ def test_demo_latents_are_self_contained(tmp_path):
     assert ds.decode(ds.x_test).shape == (3, 3, 16, 16)
     again = build_demo_latents(tmp_path / "demo2", num_images=12, resolution=16, num_classes=3, seed=1)
     assert np.allclose(np.load(again / "latents.npy"), np.load(Path(moved) / "latents.npy"))
+
+
+def test_encode_command_exit_codes_and_nothing_written(encoded, tmp_path, capsys):
+    """`mfsweep encode` through the CLI: 0 and a summary line on good input; 2, one clear line and
+    nothing written on an empty folder, a missing VAE or a non-empty output folder."""
+    from mfsweep.cli import main
+
+    base, _ = encoded
+    out = tmp_path / "cli_out"
+    assert main(["encode", str(base / "images"), str(out), "--vae", str(base / "vae"), "--resolution", "16",
+                 "--device", "cpu", "--no-progress"]) == 0
+    assert "scaling factor" in capsys.readouterr().out
+    assert json.loads((out / "meta.json").read_text())["count"] > 0
+    (tmp_path / "empty").mkdir()
+    for args, match in ((["encode", str(tmp_path / "empty"), str(tmp_path / "o1"), "--vae", str(base / "vae")],
+                         "no class sub-folders"),
+                        (["encode", str(base / "images"), str(tmp_path / "o2"), "--vae", str(tmp_path / "nope")],
+                         "sd-vae-ft-ema"),
+                        (["encode", str(base / "images"), str(out), "--vae", str(base / "vae")], "not empty")):
+        assert main([*args, "--resolution", "16", "--device", "cpu", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and match in err and "Traceback" not in err
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
