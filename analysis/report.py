@@ -4,7 +4,11 @@
 
 The report is built from MLflow only (analysis.load): study name and description, resolved base
 config, what was swept, one metric-vs-NFE table per metric, plots, failed/diverged trials with
-their error text, and software versions. Files land in `out_dir` (tables/, plots/, report.md,
+their error text, and software versions. For a search study (`search.algorithm: random | optuna`)
+the per-variant tables give way to the search sections (analysis.search, analysis.search_plots):
+what was searched, a leaderboard with the best trial's config, parameter effects, parameter
+importance, the search history, and the search rebuilt as an Optuna study (JournalStorage file
+`optuna/journal.log`, also logged on the parent run). Files land in `out_dir` (tables/, plots/, report.md,
 report.html) and, with `log_to_mlflow`, under `report/` in the study's parent run.
 """
 
@@ -20,7 +24,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from analysis import load, plots, tables
+from analysis import load, plots, search, tables
 from analysis.tables import md_escape
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}
@@ -70,11 +74,161 @@ def _metric_tags(study: load.StudyRuns) -> list[list[str]]:
     return [[m, f, ", ".join(v)] for (m, f), v in sorted(seen.items())]
 
 
-def build_sections(study: load.StudyRuns, out_dir: Path) -> tuple[list[tuple], dict[str, Path]]:
+def _grid_sections(study: load.StudyRuns, df, trials, phase: str, axes: list[str], out_dir: Path,
+                   nodes: list[tuple], files: dict[str, Path], provenance: list[list[str]],
+                   metrics=None, nfes=None) -> None:
+    """What was swept and one metric-versus-NFE table (and plot) per metric: a grid study. Each
+    table compares every axis value with the baseline (the study's `baseline:`, else the base
+    config's value, else the first; analysis.tables.study_baselines) at ``metrics`` × ``nfes``
+    (None: all)."""
+    nodes += [("h2", "What was swept"), ("grid", ["axis", "values", "count"], _swept(study, trials)),
+              ("h2", f"Results ({phase} evaluation)")]
+    if phase == "eval":
+        nodes.append(("p", "No final evaluation was logged; showing the last periodic eval."))
+    if provenance:
+        nodes.append(("grid", ["metric", "field", "value(s)"], provenance))
+    baseline = tables.study_baselines(df, axes, study.tag("mfsweep.baseline") or None, _base_config(study))
+    for metric, table in tables.study_tables(df, axes, phase, study.paper_table, metrics=metrics, nfes=nfes,
+                                             baseline=baseline).items():
+        for ext, text in [("md", table.to_markdown()), ("tex", table.to_latex()),
+                          ("html", table.to_html()), ("csv", table.to_csv())]:
+            files[f"table_{metric}_{ext}"] = out_dir / "tables" / f"{metric}.{ext}"
+            files[f"table_{metric}_{ext}"].write_text(text)
+        files[f"table_{metric}_differences_csv"] = out_dir / "tables" / f"{metric}_differences.csv"
+        table.differences_csv(files[f"table_{metric}_differences_csv"])
+        nodes += [("h3", f"{metric} versus NFE"), ("table", table)]
+        p = plots.plot_metric_vs_nfe(df, metric, axes, out_dir / "plots" / f"{metric}_vs_nfe.png",
+                                     phase)
+        if p:
+            files[f"plot_{metric}_vs_nfe"] = p
+            nodes.append(("img", p, f"{metric} versus NFE (log-2 axis), error bars: std over "
+                                    "seeds"))
+
+
+def _img(nodes: list[tuple], files: dict[str, Path], key: str, path, caption: str) -> None:
+    if path:
+        files[f"plot_{key}"] = path
+        nodes.append(("img", path, caption))
+
+
+def _search_sections(study: load.StudyRuns, out_dir: Path, nodes: list[tuple],
+                     files: dict[str, Path], provenance: list[list[str]], hist,
+                     log_to_mlflow: bool):
+    """A search study's sections (analysis.search): what was searched, leaderboard and best
+    config, parameter effects, importance, search history, the Optuna journal."""
+    from analysis import search_plots as sp
+
+    info = search.search_info(study)
+    frame = search.trial_frame(study, info, hist)
+    board = search.leaderboard(frame, info)
+    plot_dir = out_dir / "plots"
+    # -- what was searched
+    sampler = f" (sampler {info.sampler})" if info.algorithm == "optuna" and info.sampler else ""
+    seeds = f", seeds {', '.join(map(str, info.seeds))}" if info.seeds else ""
+    text = (f"{info.algorithm} search{sampler} over {len(info.params)} parameter(s): "
+            f"{len(frame)} trials (num_samples {info.num_samples or '?'}{seeds}); search metric "
+            f"{info.metric}, {info.direction_text} (search.mode = {info.mode}).")
+    if info.asha:
+        sch = info.scheduler
+        rungs = ", ".join(map(str, info.rungs()))
+        text += (f" Early stopping: ASHA on the periodic eval of {info.asha_metric}, grace period "
+                 f"{sch.get('grace_period')} steps, reduction factor {sch.get('reduction_factor')}"
+                 f"{f' (rungs at steps {rungs})' if rungs else ''}; a trial it stops is not a failure.")
+    else:
+        text += " No early stopping."
+    source = {"study": f"{info.source} on the parent run", "inferred": "inferred from the values"}
+    nodes += [("h2", "What was searched"), ("p", text),
+              ("grid", ["parameter", "distribution", "range / choices", "distribution from"],
+               [[p.key, *p.describe(), source[p.source]] for p in info.params])]
+    nodes += [("p", n) for n in info.notes]
+    # -- leaderboard and best config
+    header, rows = search.leaderboard_rows(board, info)
+    nodes += [("h2", "Leaderboard"),
+              ("p", f"Trials sorted by the final {info.metric} ({info.direction_text}); trials "
+                    "stopped early follow, ordered by their last periodic-eval value, then failed "
+                    "ones. Numbers to 4 significant digits; \"≈\" marks a run's MLflow duration "
+                    "where no training time was logged (trials stopped early).")]
+    if provenance:
+        nodes.append(("grid", ["metric", "field", "value(s)"], provenance))
+    nodes.append(("grid", header, rows))
+    files["table_leaderboard_csv"] = out_dir / "tables" / "leaderboard.csv"
+    board.drop(columns=["start", "end"]).to_csv(files["table_leaderboard_csv"], index=False)
+    best = search.best_trial(board)
+    nodes.append(("h3", "Best trial's config"))
+    if best is None:
+        nodes.append(("p", "No trial finished with a final value: no best config."))
+    else:
+        params = ", ".join(f"{info.short(p.key)} = {search.fmt(best[p.key])}" for p in info.params)
+        head = (f"# best trial {best['trial_id']}: {info.metric} = {search.fmt(best['objective'])}\n"
+                f"# ({params}); its resolved config without name and seed\n")
+        cfg = search.best_config_yaml(study, best["run_id"], head)
+        files["best_config"] = out_dir / "best_config.yaml"
+        files["best_config"].write_text(cfg)
+        nodes += [("p", f"Trial {best['trial']} ({info.metric} = {search.fmt(best['objective'])}"
+                        f"; {params}; MLflow run {best['run_id']}). Its full resolved config, "
+                        "ready to paste as a new study's base (also in best_config.yaml):"),
+                  ("pre", cfg)]
+    # -- parameter effects
+    best_id = best["run_id"] if best is not None else None
+    nodes.append(("h2", "Parameter effects"))
+    _img(nodes, files, "search_effects",
+         sp.plot_param_effects(frame, info, plot_dir / "search_effects.png", best_id),
+         f"final {info.metric} against each searched parameter (log x axis for log-uniform "
+         "ones); × = trials stopped early, at their last periodic eval; ★ = best")
+    _img(nodes, files, "search_parallel",
+         sp.plot_parallel_coordinates(frame, info, plot_dir / "search_parallel.png"),
+         "parallel coordinates of all trials, coloured by the final metric")
+    # -- importance
+    imp = search.importance(frame, info)
+    nodes += [("h2", "Parameter importance"),
+              ("p", search.IMPORTANCE_NOTE.format(metric=info.metric) + " Shown from "
+               f"{imp.need} finished trials on (3 per searched parameter, at least 4): with "
+               "fewer, a parameter that does not matter was ranked first in a quarter or more of "
+               "simulated studies.")]
+    if imp.values:
+        nodes.append(("grid", ["parameter", "importance"],
+                      [[k, f"{v:.2f}"] for k, v in imp.values.items()]))
+        _img(nodes, files, "search_importance",
+             sp.plot_importance(imp, info, plot_dir / "search_importance.png"),
+             f"parameter importance (fANOVA), n = {imp.n} finished trials")
+    else:
+        nodes.append(("p", imp.note))
+    # -- history
+    nodes.append(("h2", "Search history"))
+    _img(nodes, files, "search_history",
+         sp.plot_best_so_far(search.best_so_far(frame, info), info,
+                             plot_dir / "search_history.png"),
+         f"best {info.metric} so far against trial number (start order)")
+    if info.asha:
+        _img(nodes, files, "search_asha",
+             sp.plot_asha_curves(hist, frame, info, plot_dir / "search_asha.png"),
+             f"periodic-eval {info.asha_metric} against training step per trial; × = stopped "
+             "by ASHA, dotted = ASHA rungs")
+    # -- the Optuna study
+    journal = search.write_journal(frame, info, out_dir / search.JOURNAL_ARTIFACT, study.study_name,
+                                   hist)
+    files["optuna_journal"] = journal
+    where = (f"logged as artifact {search.JOURNAL_ARTIFACT} of the parent run "
+             f"{study.parent.info.run_id} and " if log_to_mlflow else "")
+    nodes += [("h2", "Optuna study"),
+              ("p", f"The search rebuilt from MLflow as an Optuna study named {study.study_name!r} "
+                    f"(finished = COMPLETE, stopped early = PRUNED with the periodic eval as "
+                    f"intermediate values, failed = FAIL) is {where}saved in this report's folder "
+                    f"as {search.JOURNAL_ARTIFACT} (Optuna JournalStorage, file backend). Open it "
+                    f"with: optuna-dashboard {search.JOURNAL_ARTIFACT} (from this folder), or in "
+                    f"Python: optuna.load_study(study_name={study.study_name!r}, storage=optuna."
+                    "storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))).")]
+    return frame, info, board
+
+
+def build_sections(study: load.StudyRuns, out_dir: Path, log_to_mlflow: bool = True, *,
+                   metrics=None, nfes=None) -> tuple[list[tuple], dict[str, Path]]:
     """Write tables/ and plots/ under `out_dir`; return the report as a list of nodes.
 
     Nodes: ("h2" | "h3", text), ("p", text), ("pre", text), ("grid", header, rows),
-    ("table", MetricTable), ("img", path, caption).
+    ("table", MetricTable), ("img", path, caption). A search study (analysis.search.is_search)
+    gets the search sections in place of the per-variant tables, training curves per trial, the
+    best trials' samples, and its Optuna journal (`files["optuna_journal"]`).
     """
     files: dict[str, Path] = {}
     df, trials = load.tidy(study), load.trials(study)
@@ -91,51 +245,63 @@ def build_sections(study: load.StudyRuns, out_dir: Path) -> tuple[list[tuple], d
              f"{study.tag('mfsweep.version', '?')} / {study.tag('mfsweep.git_commit', '?')}"],
             ["trials", ", ".join(f"{n} {s}" for s, n in status.items()) or "none"],
             ["paper table", study.paper_table or "—"]]),
-        ("h2", "What was swept"), ("grid", ["axis", "values", "count"], _swept(study, trials)),
-        ("h2", f"Results ({phase} evaluation)"),
     ]
-    if phase == "eval":
-        nodes.append(("p", "No final evaluation was logged; showing the last periodic eval."))
     provenance = _metric_tags(study)
-    if provenance:
-        nodes.append(("grid", ["metric", "field", "value(s)"], provenance))
-    for metric, table in tables.study_tables(df, axes, phase, study.paper_table).items():
-        for ext, text in [("md", table.to_markdown()), ("tex", table.to_latex()),
-                          ("html", table.to_html()), ("csv", table.to_csv())]:
-            files[f"table_{metric}_{ext}"] = out_dir / "tables" / f"{metric}.{ext}"
-            files[f"table_{metric}_{ext}"].write_text(text)
-        nodes += [("h3", f"{metric} versus NFE"), ("table", table)]
-        p = plots.plot_metric_vs_nfe(df, metric, axes, out_dir / "plots" / f"{metric}_vs_nfe.png",
-                                     phase)
-        if p:
-            files[f"plot_{metric}_vs_nfe"] = p
-            nodes.append(("img", p, f"{metric} versus NFE (log-2 axis), error bars: std over "
-                                    "seeds"))
     hist = load.history(study)
+    searching = search.is_search(study)
+    if searching:
+        frame, info, board = _search_sections(study, out_dir, nodes, files, provenance, hist,
+                                              log_to_mlflow)
+    else:
+        _grid_sections(study, df, trials, phase, axes, out_dir, nodes, files, provenance, metrics, nfes)
     nodes.append(("h2", "Training curves"))
+    curves, curve_axes = hist, axes
+    if searching:  # one line per trial, named by its number (the leaderboard's "trial")
+        curves = hist.assign(trial=hist["run_id"].map(frame.set_index("run_id")["trial"]))
+        curve_axes = ["trial"]
     for metric in sorted(hist["metric"].unique()):
-        p = plots.plot_metric_vs_step(hist, metric, axes,
+        p = plots.plot_metric_vs_step(curves, metric, curve_axes,
                                       out_dir / "plots" / f"{metric}_vs_step.png")
         if p:
             files[f"plot_{metric}_vs_step"] = p
             nodes.append(("img", p, f"{metric} versus training step"))
     nodes.append(("h2", "Samples"))
-    for key, fn, cap in [("samples_2d", plots.plot_samples_2d, "1-NFE samples (2-D)"),
-                         ("samples_grid", plots.plot_image_grids, "sample grids, NFE 1 and 2")]:
-        if key == "samples_grid" and "plot_samples_2d" in files:
-            continue  # 2-D toys: the scatter says it better than a rendered PNG
-        p = fn(study, out_dir / "plots" / f"{key}.png")
-        if p:
-            files[f"plot_{key}"] = p
-            nodes.append(("img", p, cap))
-    bad = trials[trials["status"] != "finished"]
+    if searching:
+        from analysis import search_plots
+
+        _img(nodes, files, "samples_best",
+             search_plots.plot_top_samples(study, board, info, out_dir / "plots" / "samples_best.png"),
+             "1-NFE samples of the best trials")
+    else:
+        for key, fn, cap in [("samples_2d", plots.plot_samples_2d, "1-NFE samples (2-D)"),
+                             ("samples_grid", plots.plot_image_grids, "sample grids, NFE 1 and 2")]:
+            if key == "samples_grid" and "plot_samples_2d" in files:
+                continue  # 2-D toys: the scatter says it better than a rendered PNG
+            p = fn(study, out_dir / "plots" / f"{key}.png")
+            if p:
+                files[f"plot_{key}"] = p
+                nodes.append(("img", p, cap))
     nodes += [("h2", "Failed, diverged or unfinished trials")]
-    nodes.append(("grid", ["trial", "status", "error"],
-                  [[r.trial_id, r.status, r.error or "(no error text)"] for r in bad.itertuples()])
-                 if len(bad) else ("p", "None: every trial finished."))
+    if searching:  # a trial ASHA stopped is in the leaderboard, not here
+        bad = frame[(frame["status"] != "finished") & ~frame["status_text"].str.endswith("by ASHA")]
+        nodes.append(("grid", ["trial", "status", "error"],
+                      [[r.trial_id, r.status_text, r.error or "(no error text)"]
+                       for r in bad.itertuples()])
+                     if len(bad) else ("p", "None: every trial finished or was stopped early by "
+                                            "ASHA (see the leaderboard)."))
+    else:
+        bad = trials[trials["status"] != "finished"]
+        nodes.append(("grid", ["trial", "status", "error"],
+                      [[r.trial_id, r.status, r.error or "(no error text)"] for r in bad.itertuples()])
+                     if len(bad) else ("p", "None: every trial finished."))
+    versions = [list(v) for v in software_versions()]
+    if searching:
+        try:
+            versions.append(["optuna", importlib.metadata.version("optuna")])
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(["optuna", "not installed"])
     nodes += [("h2", "Base config (resolved)"), ("pre", _base_config(study)),
-              ("h2", "Software versions"), ("grid", ["package", "version"],
-                                           [list(v) for v in software_versions()])]
+              ("h2", "Software versions"), ("grid", ["package", "version"], versions)]
     return nodes, files
 
 
@@ -193,17 +359,21 @@ def render_markdown(title: str, nodes: list[tuple], out_dir: Path) -> str:
 
 def write_report(study_name: str, tracking_uri: str | None = None,
                  out_dir: str | Path | None = None, experiment: str | None = None,
-                 log_to_mlflow: bool = True) -> dict[str, Path]:
+                 log_to_mlflow: bool = True, *, metrics=None, nfes=None) -> dict[str, Path]:
     """Write report.html / report.md (+ tables/, plots/) for the study's latest execution.
 
     `out_dir` defaults to reports/<study_name>. Returns {"html", "markdown", "dir",
-    "table_<metric>_<ext>", "plot_<name>": path}. With `log_to_mlflow`, the whole folder is
-    logged as artifacts of the study's parent run under `report/`.
+    "table_<metric>_<ext>", "plot_<name>": path}; a search study adds "table_leaderboard_csv",
+    "best_config" (best_config.yaml) and "optuna_journal" (optuna/journal.log). With
+    `log_to_mlflow`, the whole folder is logged as artifacts of the study's parent run under
+    `report/`, and a search study's Optuna journal also as `optuna/journal.log`. ``metrics`` /
+    ``nfes`` (lists; None: all) choose where a grid study's tables compare each value with the
+    baseline; an unknown one raises ValueError naming what is available.
     """
     study = load.load_study(study_name, tracking_uri, experiment)
     out = Path(out_dir) if out_dir is not None else Path("reports") / study_name
     out.mkdir(parents=True, exist_ok=True)
-    nodes, files = build_sections(study, out)
+    nodes, files = build_sections(study, out, log_to_mlflow, metrics=metrics, nfes=nfes)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = f"Study {study_name} — experiment {study.experiment_name}"
     nodes.insert(0, ("p", f"Generated {stamp} from MLflow ({tracking_uri or 'default URI'})."))
@@ -214,6 +384,9 @@ def write_report(study_name: str, tracking_uri: str | None = None,
     files["dir"] = out
     if log_to_mlflow:
         study.client.log_artifacts(study.parent.info.run_id, str(out), "report")
+        if "optuna_journal" in files:  # where optuna-dashboard users look for it
+            study.client.log_artifact(study.parent.info.run_id, str(files["optuna_journal"]),
+                                      search.JOURNAL_ARTIFACT.rsplit("/", 1)[0])
     return files
 
 
@@ -226,11 +399,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--experiment", default=None, help="experiment name (default: study name)")
     ap.add_argument("--out", default=None, help="output folder (default: reports/STUDY)")
     ap.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    ap.add_argument("--metric", action="append", help="metric compared with the baseline (repeatable)")
+    ap.add_argument("--nfe", type=int, action="append", help="NFE compared with the baseline (repeatable)")
     args = ap.parse_args(argv)
     try:
         files = write_report(args.study, args.tracking_uri, args.out, args.experiment,
-                             not args.no_log)
-    except load.StudyNotFound as err:
+                             not args.no_log, metrics=args.metric, nfes=args.nfe)
+    except (load.StudyNotFound, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"report: {files['html']}\n        {files['markdown']}")

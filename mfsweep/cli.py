@@ -1,11 +1,12 @@
-"""Command line: ``mfsweep train | validate | run | report | ui``.
+"""Command line: ``mfsweep train | validate | run | report | ui | encode``.
 
     mfsweep train CONFIG.yaml [--set KEY=VALUE ...] [--out DIR] [--no-progress]
-    mfsweep validate STUDY.yaml [--set KEY=VALUE ...]
-    mfsweep run STUDY.yaml [--dry-run] [--set KEY=VALUE ...] [--tracking-uri URI] [--address RAY_ADDRESS]
-                           [--max-concurrent N] [--restart] [--num-cpus N]
-    mfsweep report STUDY.yaml [--tracking-uri URI] [--out DIR]
-    mfsweep ui [STUDY.yaml] [--tracking-uri URI] [--host H] [--port P]
+    mfsweep validate STUDY.yaml [--set KEY=VALUE ...] [--smoke]
+    mfsweep run STUDY.yaml [--dry-run] [--set KEY=VALUE ...] [--smoke] [--tracking-uri URI]
+                           [--address RAY_ADDRESS] [--max-concurrent N] [--restart] [--num-cpus N]
+    mfsweep report STUDY.yaml [--smoke] [--tracking-uri URI] [--out DIR] [--metric M ...] [--nfe K ...]
+    mfsweep ui [STUDY.yaml] [--smoke] [--tracking-uri URI] [--host H] [--port P] [--workers N] [--no-browser]
+    mfsweep encode IMAGE_DIR OUT --vae PATH_OR_NAME [--resolution 256] [--batch-size N] [--device D]
 
 ``--set`` on a study edits the study file's own keys (``base.train.steps=200``, ``seeds=[0]``); on a
 trial config, the config's keys (``train.steps=500``). The tracking URI is ``--tracking-uri`` >
@@ -183,7 +184,15 @@ def _cmd_report(args) -> int:
 
     study, _ = load_study(args.study, args.set, smoke=args.smoke)
     uri = resolve_tracking_uri(args.tracking_uri, study.tracking.uri)
-    files = write_report(study.name, tracking_uri=uri, out_dir=args.out, experiment=study.experiment)
+    try:
+        files = write_report(study.name, tracking_uri=uri, out_dir=args.out, experiment=study.experiment,
+                             metrics=args.metric, nfes=args.nfe)
+    except ValueError as exc:
+        if not (args.metric or args.nfe):
+            raise
+        from mfsweep.config import ConfigError  # --metric / --nfe not in the study: bad input
+
+        raise ConfigError([("--metric/--nfe", str(exc))], "report") from None
     for key, path in files.items():
         if key in ("html", "markdown", "dir"):
             print(f"{key}: {path}")
@@ -194,12 +203,17 @@ def _cmd_ui(args) -> int:
     from analysis.ui import ui_command
     from mfsweep.sweep.tracking import resolve_tracking_uri
 
-    study_uri = None
+    study = None
     if args.study:
         from mfsweep.sweep.study import load_study
 
-        study_uri = load_study(args.study)[0].tracking.uri
-    return ui_command(resolve_tracking_uri(args.tracking_uri, study_uri), host=args.host, port=args.port)
+        study = load_study(args.study, smoke=args.smoke)[0]
+    elif args.smoke:
+        print("error: --smoke needs a STUDY.yaml", file=sys.stderr)
+        return EXIT_INVALID
+    return ui_command(resolve_tracking_uri(args.tracking_uri, study.tracking.uri if study else None),
+                      host=args.host, port=args.port, experiment=study.experiment if study else None,
+                      study=study.name if study else None, browser=not args.no_browser, workers=args.workers)
 
 
 def add_study_commands(sub) -> None:
@@ -231,13 +245,20 @@ def add_study_commands(sub) -> None:
     common(rep)
     rep.add_argument("--tracking-uri", help="MLflow tracking URI")
     rep.add_argument("--out", help="output folder (default reports/<study>)")
+    rep.add_argument("--metric", action="append", help="metric whose values are compared with the baseline, "
+                                                       "e.g. swd (repeatable; default: all)")
+    rep.add_argument("--nfe", type=int, action="append", help="NFE compared with the baseline (repeatable; default: all)")
     rep.set_defaults(func=_cmd_report)
 
-    u = sub.add_parser("ui", help="open the MLflow UI on the study's tracking store")
-    u.add_argument("study", nargs="?", help="study YAML (for its tracking.uri)")
+    u = sub.add_parser("ui", help="open the MLflow UI on the study's tracking store, at the study's runs")
+    u.add_argument("study", nargs="?", help="study YAML (its tracking.uri, experiment and runs)")
     u.add_argument("--tracking-uri", help="MLflow tracking URI")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--smoke", action="store_true", help="the study's --smoke runs (experiment <name>_smoke)")
+    u.add_argument("--no-browser", action="store_true",
+                   help="only print the URL (a browser is never opened in CI or without a display)")
+    u.add_argument("--workers", type=int, help="server worker processes (default: MLflow's, 4)")
     u.set_defaults(func=_cmd_ui)
 
 

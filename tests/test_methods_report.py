@@ -25,12 +25,13 @@ def _df():
 
 def test_method_rows_carry_train_time_and_their_own_paper_numbers():
     t = tables.metric_table(_df(), "swd", ["method.name"])
-    assert t.header() == ["method.name", "seeds ok", "train s", "NFE 1", "NFE 2", paper.METHOD_COLUMN]
+    assert t.header() == ["method.name", "seeds ok", "train s", "NFE 1", "Δ vs flow_matching (NFE 1)", "NFE 2",
+                          "Δ vs flow_matching (NFE 2)", paper.METHOD_COLUMN]
     assert t.train_s == {("flow_matching",): 10.5, ("meanflow",): 20.5}
     mf = paper.METHOD_NUMBERS["meanflow"]
     assert t.method_paper == {("meanflow",): mf.cell()}  # no published number: no cell
     md = t.to_markdown()
-    assert "| meanflow | 2/2 | 20 | **0.105 ± 0.0071 (n=2)** |" in md
+    assert "| meanflow | 2/2 | 20 | **0.105 ± 0.0071 (n=2), 95% CI \\[0.0415, 0.1685\\]** |" in md
     assert "3.43 / 2.93" in md and mf.source in md  # the value and where it comes from
     assert "flow\\_matching | 2/2 | 10 |" in md and md.count("| — |") == 1
 

@@ -34,6 +34,10 @@ def test_shipped_study_validates_and_expands(path):
     study, text = load_study(path)
     plan = make_plan(study)
     assert text.lstrip().startswith("#"), "a shipped study opens with a comment naming what it mirrors"
+    if study.search.algorithm != "grid":  # points come from the sampler (optuna) or are pre-drawn (random)
+        expected = 0 if study.search.algorithm == "optuna" else study.search.num_samples * len(study.seeds)
+        assert len(plan.trials) == expected and plan.metric
+        return
     n_cells = math.prod(len(v) for v in study.axes.values())
     assert len(plan.trials) == n_cells * len(study.seeds)
     ids = [t.trial_id for t in plan.trials]
@@ -209,3 +213,20 @@ def test_a_higher_is_better_search_metric_needs_mode_max():
     assert "higher-is-better" in errs["search.mode"] and "scheduler.mode" in errs
     raw["search"]["mode"] = "max"
     assert plan_of(raw).metric == "recall/nfe_1"  # the scheduler follows search.mode
+
+
+def test_baseline_names_an_axis_value_and_becomes_the_reported_tags():
+    raw = {"name": "b", "base": TOY_BASE, "seeds": [0, 1],
+           "axes": {"meanflow.frac_r_neq_t": [0.0, 0.25],
+                    "meanflow.time_sampler": [{"name": "uniform"}, {"name": "logit_normal", "mu": -0.4}],
+                    "model": {"small": {"hidden_dim": 8}, "big": {"hidden_dim": 16}}},
+           "baseline": {"meanflow.frac_r_neq_t": 0.25, "model": "small",
+                        "meanflow.time_sampler": {"name": "uniform"}}}
+    plan = plan_of(raw)
+    assert plan.baseline == {"meanflow.frac_r_neq_t": "0.25", "model": "small",
+                             "meanflow.time_sampler.name": "uniform"}
+    assert all(plan.baseline[k] in {t.tags[k] for t in plan.trials} for k in plan.baseline)
+    raw["baseline"] = {"meanflow.frac_r_neq_t": 0.5, "train.lr": 1.0}
+    errs = errors_of(raw)
+    assert "not one of the axis's values: 0.0, 0.25" in errs["baseline.meanflow.frac_r_neq_t"]
+    assert "not an axis" in errs["baseline.train.lr"]

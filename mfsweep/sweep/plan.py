@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class StudyPlan:
     axes: list[Axis]
     trials: list[TrialSpec]  # empty for optuna (trials come from the sampler)
     metric: str | None  # '{metric}/nfe_{k}' the search / scheduler / summary use
+    baseline: dict[str, str] = field(default_factory=dict)  # reported axis key → tag value (study.baseline)
 
     @property
     def axis_keys(self) -> list[str]:
@@ -164,6 +165,31 @@ def make_plan(study: Study, source: str = "study") -> StudyPlan:
                 checks.check_files(cfg, f"trial {tid}", errors)
     else:
         checks.check_files(base_cfg, "base", errors)
+    if study.baseline:
+        plan.baseline = _baseline_tags(plan, errors)
     if errors:
         raise ConfigError(checks.dedupe(errors), source)
     return plan
+
+
+def _baseline_tags(plan: StudyPlan, errors: list) -> dict[str, str]:
+    """``study.baseline`` as the report sees it: {reported axis key: tag value}, taken from a planned
+    trial with that value, so that it matches the trials' ``axis.*`` tags exactly."""
+    study, out = plan.study, {}
+    if study.search.algorithm != "grid":
+        errors.append(("baseline", "applies to grid studies (a search has no shared values to compare)"))
+        return out
+    axes = {a.key: a for a in plan.axes}
+    for key, value in study.baseline.items():
+        axis = axes.get(key)
+        if axis is None:
+            errors.append((f"baseline.{key}", f"not an axis of this study; axes: {', '.join(axes)}"))
+            continue
+        match = [t for t in plan.trials if (axis.labels and t.tags.get(key) == str(value))
+                 or (not axis.labels and t.choices[key] == value)]
+        if not match:
+            shown = axis.labels or [as_tag(v) for v in axis.values]
+            errors.append((f"baseline.{key}", f"{value!r} is not one of the axis's values: {', '.join(map(str, shown))}"))
+            continue
+        out.update({leaf: match[0].tags[leaf] for leaf in ([key] if axis.labels else axis.leaves)})
+    return out

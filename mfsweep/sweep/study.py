@@ -66,6 +66,9 @@ class Study(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     paper_table: Literal["1a", "1b", "1c", "1d", "1e", "1f", "5", "2", "cifar10"] | None = None
+    # grid studies: the value each axis is compared with in the report (paired differences over
+    # seeds), e.g. {meanflow.frac_r_neq_t: 0.25} or a label; default: the base config's value
+    baseline: dict[str, Any] | None = None
     base: dict[str, Any] = Field(default_factory=dict)
     axes: dict[str, Any] = Field(default_factory=dict)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)

@@ -29,6 +29,9 @@ from mfsweep.sweep.plan import StudyPlan, TrialSpec
 DEFAULT_URI = "sqlite:///mlflow.db"
 MAX_TAG = 5000
 MLFLOW_STATUS = {"finished": "FINISHED", "failed": "FAILED", "diverged": "FAILED", "stopped": "KILLED"}
+#: MLflow 3's experiment type tag and its value for model training ("Machine learning", as opposed
+#: to ``genai_development``), the value the UI's own experiment type selector writes.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def resolve_tracking_uri(flag: str | None, study_uri: str | None) -> str:
@@ -81,15 +84,20 @@ class StudyTracker:
         self._last_flush = time.monotonic()
 
     def _experiment(self, name: str) -> str:
+        """The study's experiment, created (or restored) on first use and marked as a model-training
+        experiment (``mlflow.experimentKind``) unless it already has a kind, e.g. one set in the UI."""
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
+            if not exp.tags.get(EXPERIMENT_KIND_TAG):
+                self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
             return exp.experiment_id
         location = None
         if self.uri.startswith("sqlite:///"):  # artifacts next to the database, not in the cwd
             location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts" / name).as_uri()
-        return self.client.create_experiment(name, artifact_location=location)
+        return self.client.create_experiment(name, artifact_location=location,
+                                             tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
 
     def _search(self, filt: str) -> list:
         return list(self.client.search_runs([self.experiment_id], filt, ViewType.ACTIVE_ONLY, 1000,
@@ -111,6 +119,8 @@ class StudyTracker:
                 "mfsweep.search": study.search.algorithm, "mfsweep.metric": self.plan.metric or ""}
         if study.paper_table:
             tags["mfsweep.paper_table"] = study.paper_table
+        if self.plan.baseline:
+            tags["mfsweep.baseline"] = json.dumps(self.plan.baseline)
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=study.name)
         self.parent_id = run.info.run_id
         files = {"study.yaml": study_text, "base_config.yaml": dump_yaml(self.plan.base_config),
