@@ -219,3 +219,17 @@ def test_cli_and_ui_args(fake, capsys):
     args = ui_args("sqlite:///x.db", "0.0.0.0", 5001)
     assert args[1:] == ["-m", "mlflow", "ui", "--backend-store-uri", "sqlite:///x.db",
                         "--host", "0.0.0.0", "--port", "5001"]
+
+
+def test_report_metric_and_nfe_choose_the_comparisons_and_bad_ones_exit_2(fake, tmp_path, capsys):
+    """`--metric` / `--nfe` pick where Δ-vs-baseline columns appear; one not in the study is bad
+    input (exit 2, the available ones named)."""
+    out = tmp_path / "rep"
+    assert report_main([fr.STUDY, "--tracking-uri", fake.tracking_uri, "--experiment", fr.EXPERIMENT,
+                        "--out", str(out), "--no-log", "--metric", "swd", "--nfe", "2"]) == 0
+    md = (out / "report.md").read_text()
+    assert "(NFE 2)" in md and "(NFE 1)" not in md and "(NFE 4)" not in md
+    assert (out / "tables" / "swd_differences.csv").is_file()
+    assert report_main([fr.STUDY, "--tracking-uri", fake.tracking_uri, "--experiment", fr.EXPERIMENT,
+                        "--out", str(tmp_path / "bad"), "--no-log", "--metric", "fid"]) == 2
+    assert "swd" in capsys.readouterr().err
