@@ -75,6 +75,9 @@ def test_tiny_study_with_a_failing_trial(tmp_path):
                           capture_output=True, text=True, timeout=400)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "t002-path=corrupt-frac_r_neq_t=0.0-seed=0 (failed)" in proc.stdout
+    # off a terminal, the status line is printed after every trial end; the last one has them all
+    assert "trials 4/4 · 2 finished, 0 stopped, 2 failed · 0 running · 0 pending" in proc.stdout
+    assert "\x1b[" not in proc.stdout
 
     client, parents, children, n = _runs(uri, "tiny")
     assert len(parents) == 1 and n == 5

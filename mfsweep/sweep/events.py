@@ -42,9 +42,15 @@ def error_summary(trace: str) -> str:
 class StudyEvents:
     """What to do when a trial starts, reports, completes or fails."""
 
-    def __init__(self, plan: StudyPlan, tracker: StudyTracker, console=None):
+    def __init__(self, plan: StudyPlan, tracker: StudyTracker, console=None, progress=None):
         self.plan, self.tracker, self.console = plan, tracker, console
         self._specs: dict[str, TrialSpec] = {}
+        self.progress = progress  # mfsweep.sweep.progress.StudyProgress (or None)
+        self.display = None  # its ProgressDisplay while the study runs
+
+    def _progress(self, ended: bool) -> None:
+        if self.display is not None:
+            self.display.update(ended)
 
     def spec(self, trial) -> TrialSpec:
         name = str(trial)
@@ -60,6 +66,9 @@ class StudyEvents:
         spec = self.spec(trial)
         self.tracker.trial_started(spec)
         self._say(f"[dim]started[/]  {spec.trial_id}")
+        if self.progress is not None:
+            self.progress.started(spec.trial_id)
+            self._progress(ended=False)
 
     def on_trial_result(self, trial, result: dict) -> None:
         self.tracker.trial_result(self.spec(trial), result)
@@ -78,6 +87,9 @@ class StudyEvents:
         secs = last.get("time/train_s")
         self._say(f"[{colour}]{status}[/] {spec.trial_id}{shown}" + (f"  ({secs:.0f} s)" if secs else "")
                   + (f"  {error}" if error else ""))
+        if self.progress is not None:
+            self.progress.ended(spec.trial_id, status, value if status == "finished" else None)
+            self._progress(ended=True)
 
     def on_trial_error(self, trial) -> None:
         spec = self.spec(trial)
@@ -88,6 +100,9 @@ class StudyEvents:
         error = error_summary(trace)
         self.tracker.trial_failed(spec, error, trace)
         self._say(f"[red]failed[/]   {spec.trial_id}  {error}")
+        if self.progress is not None:
+            self.progress.ended(spec.trial_id, "failed")
+            self._progress(ended=True)
 
     def rows(self) -> list[dict]:
         """One row per child run, from MLflow (it also knows trials finished before a resume)."""

@@ -157,7 +157,14 @@ def run_plan(plan: StudyPlan, study_text: str, *, tracking_uri: str, address: st
         write_execution(study_dir, {"execution_id": execution_id, "fingerprint": fingerprint, "study": study.name,
                                     "parent_run_id": parent_id, "tracking_uri": tracking_uri,
                                     "created": (state or {}).get("created", time.strftime("%Y-%m-%dT%H:%M:%S"))})
-        events = StudyEvents(plan, tracker, console)
+        from mfsweep.sweep.progress import ProgressDisplay, StudyProgress
+
+        expected = len(plan.trials) or study.search.num_samples
+        progress = StudyProgress(expected, plan.metric, study.search.mode)
+        events = StudyEvents(plan, tracker, console, progress)
+        if resumed:  # trials that ended in an earlier run of this execution
+            for row in events.rows():
+                progress.already_done(row["trial_id"], row["status"], row.get(f"final/{plan.metric}"))
         attach(events)
         exp_path = f"{study_dir}/{execution_id}"
         from ray import tune
@@ -170,7 +177,8 @@ def run_plan(plan: StudyPlan, study_text: str, *, tracking_uri: str, address: st
         t0 = time.perf_counter()
         interrupted = False
         try:
-            tuner.fit()
+            with ProgressDisplay(progress, console) as events.display:
+                tuner.fit()
         except KeyboardInterrupt:
             interrupted = True
         except Exception:
@@ -179,7 +187,6 @@ def run_plan(plan: StudyPlan, study_text: str, *, tracking_uri: str, address: st
         wall = time.perf_counter() - t0
         tracker.flush()
         rows = events.rows()
-        expected = len(plan.trials) or study.search.num_samples
         interrupted = interrupted or sum(r["status"] in TERMINAL for r in rows) < expected
         if interrupted:
             tracker.mark_unfinished_stopped()
