@@ -7,10 +7,14 @@ unless --storage / --tracking-uri are given) and prints one JSON object:
 
     wall_s          Tuner.fit wall time (trials only)
     total_wall_s    the whole command: Ray start, MLflow setup, trials, summary
-    sum_train_s     Σ over trials of time/train_s (each trial's training loop, evaluation excluded)
+    sum_train_s     Σ over trials of time/train_s (the training loop alone)
+    sum_eval_s      Σ time/eval_s (periodic and final evaluation: sampling, metrics, sample files)
+    sum_checkpoint_s  Σ time/checkpoint_s (writing checkpoints, handing them to Tune)
     slots           trials that can run at once (CPU / per-trial CPU, max_concurrent_trials)
-    efficiency      sum_train_s / (wall_s × slots): 1.0 would mean every slot trains all the time;
-                    the rest is worker start-up, evaluation, checkpoints, reports and idle slots
+    efficiency      (sum_train_s + sum_eval_s) / (wall_s × slots): the share of slot time spent on
+                    useful work (training and the evaluation the study asks for)
+    overhead_s      wall_s × slots − Σ(train + eval + checkpoint): worker start-up, scheduling,
+                    result hand-offs, MLflow logging on the driver, idle slots at the end
 """
 
 from __future__ import annotations
@@ -48,15 +52,24 @@ def main(argv: list[str] | None = None) -> int:
         uri = args.tracking_uri or f"sqlite:///{tmp}/mlflow.db"
         outcome = run_plan(plan, text, tracking_uri=uri, restart=True, num_cpus=args.num_cpus)
     total = time.perf_counter() - t0
+    def summed(key: str) -> float:
+        return sum(r[key] for r in outcome.rows if r.get(key) is not None)
+
     train_s = [r["time/train_s"] for r in outcome.rows if r.get("time/train_s") is not None]
+    sums = {k: summed(f"time/{k}_s") for k in ("train", "eval", "checkpoint")}
+    slot_s = outcome.wall_s * outcome.slots
     statuses = [r["status"] for r in outcome.rows]
     result = {
         "study": study.name, "trials": len(outcome.rows),
         "finished": statuses.count("finished"), "slots": outcome.slots,
         "wall_s": round(outcome.wall_s, 1), "total_wall_s": round(total, 1),
-        "sum_train_s": round(sum(train_s), 1),
+        "sum_train_s": round(sums["train"], 1), "sum_eval_s": round(sums["eval"], 1),
+        "sum_checkpoint_s": round(sums["checkpoint"], 1),
         "mean_train_s": round(sum(train_s) / max(1, len(train_s)), 1),
-        "efficiency": round(sum(train_s) / (outcome.wall_s * outcome.slots), 3) if outcome.wall_s else None,
+        "efficiency": round((sums["train"] + sums["eval"]) / slot_s, 3) if slot_s else None,
+        "share_of_slot_time": {k: round(v / slot_s, 3) for k, v in sums.items()} if slot_s else None,
+        "overhead_s": round(slot_s - sum(sums.values()), 1),
+        "overhead_share": round(1 - sum(sums.values()) / slot_s, 3) if slot_s else None,
         "cpus": os.cpu_count(), "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }

@@ -114,3 +114,29 @@ def test_brief_two_gaussian_demo_puts_both_modes_in_place_at_one_step(tmp_path):
     assert 0.35 < upper.float().mean() < 0.65
     assert torch.allclose(x[upper].mean(0), torch.tensor([3.0, 3.0]), atol=0.5)
     assert torch.allclose(x[~upper].mean(0), torch.tensor([-3.0, -3.0]), atol=0.5)
+
+
+def test_time_is_split_into_training_evaluation_and_checkpoints(tmp_path):
+    """time/train_s is the loop alone: periodic and final evaluation and checkpoint writes are timed
+    apart, their sum is within the call's wall time, and a resume continues all three."""
+    import time as _time
+
+    class SlowCheckpoints:  # a hand-off that takes a known time (as a Ray Tune report can)
+        def on_log(self, step, metrics): pass
+        def on_eval(self, step, values, num_samples, phase): pass
+        def on_checkpoint(self, step, path): _time.sleep(0.2)
+
+    t0 = _time.perf_counter()
+    r = train(cfg(eval__every_steps=10, train__steps=20), tmp_path, hooks=SlowCheckpoints(), progress=False)
+    wall = _time.perf_counter() - t0
+    assert r.status == "finished"
+    assert r.checkpoint_time_s >= 0.4  # 2 checkpoints (steps 10, 20) × 0.2 s of hand-off
+    assert r.eval_time_s > 0 and r.train_time_s > 0
+    assert r.train_time_s + r.eval_time_s + r.checkpoint_time_s <= wall
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["checkpoint_time_s"] == pytest.approx(r.checkpoint_time_s)
+    r2 = train(cfg(eval__every_steps=10, train__steps=30), tmp_path, hooks=SlowCheckpoints(), progress=False)
+    # continued from what the step-20 checkpoint recorded (the step-10 hand-off; a checkpoint cannot
+    # contain its own write time), plus the step-30 checkpoint
+    assert r2.checkpoint_time_s >= 0.4
+    assert r2.train_time_s > r.train_time_s * 0.5

@@ -114,7 +114,8 @@ class StudyEvents:
                         "status": tags.get("mfsweep.status", "running"), "error": tags.get("mfsweep.error", ""),
                         **{f"axis.{k[5:]}": v for k, v in tags.items() if k.startswith("axis.")},
                         f"final/{metric}": metrics.get(f"final/{metric}"),
-                        "time/train_s": metrics.get("time/train_s"), "run_id": run.info.run_id})
+                        "time/train_s": metrics.get("time/train_s"), "time/eval_s": metrics.get("time/eval_s"),
+                        "time/checkpoint_s": metrics.get("time/checkpoint_s"), "run_id": run.info.run_id})
         return sorted(out, key=lambda r: r["trial_id"])
 
 

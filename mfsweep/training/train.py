@@ -50,7 +50,9 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)  # final "{metric}/nfe_{k}" values
     # metric -> {"extractor", "resize", "reference", "num_samples", ...} (weights hash included)
     metric_metadata: dict[str, dict] = field(default_factory=dict)
-    train_time_s: float = 0.0
+    train_time_s: float = 0.0  # the training loop itself: periodic evaluation and checkpoints excluded
+    eval_time_s: float = 0.0  # periodic and final evaluation (sampling, metrics, saving samples)
+    checkpoint_time_s: float = 0.0  # writing checkpoints and handing them to the caller (Ray Tune)
     error: str | None = None
     out_dir: str = ""
 
@@ -150,7 +152,8 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
     gen_noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     (out / "config.yaml").write_text(dump_yaml(cfg))
 
-    step, train_time = 0, 0.0
+    step = 0
+    times = {"train": 0.0, "eval": 0.0, "checkpoint": 0.0}  # seconds, kept across resumes
     ckpt_path = out / ckpt.CHECKPOINT_NAME
     if ckpt_path.exists():
         state = ckpt.load(ckpt_path)
@@ -162,14 +165,20 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
         sched.load_state_dict(state["sched"])
         gen_batch.set_state(state["gen_batch"])
         gen_noise.set_state(state["gen_noise"].to(gen_noise.get_state().device))
-        step, train_time = int(state["step"]), float(state["train_time_s"])
+        step = int(state["step"])
+        times.update(train=float(state["train_time_s"]), eval=float(state.get("eval_time_s", 0.0)),
+                     checkpoint=float(state.get("checkpoint_time_s", 0.0)))
 
     def save_checkpoint() -> Path:
-        state = {"step": step, "train_time_s": train_time, "config": _comparable(cfg),
+        t0 = time.perf_counter()
+        times["train"] = t0 - t_start - times["eval"] - times["checkpoint"]
+        state = {"step": step, "train_time_s": times["train"], "eval_time_s": times["eval"],
+                 "checkpoint_time_s": times["checkpoint"], "config": _comparable(cfg),
                  "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                  "sched": sched.state_dict(), "gen_batch": gen_batch.get_state(), "gen_noise": gen_noise.get_state()}
         path = ckpt.save_atomic(state, ckpt_path)
         hooks.on_checkpoint(step, path)
+        times["checkpoint"] += time.perf_counter() - t0
         return path
 
     next_batch = _batches(dataset, cfg, device, gen_batch)
@@ -182,7 +191,7 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
     status, error = "finished", None
     running: list[torch.Tensor] = []
     bar = tqdm(total=tc.steps, initial=step, desc=cfg.name, disable=not progress, dynamic_ncols=True)
-    t_start = time.perf_counter() - train_time
+    t_start = time.perf_counter() - sum(times.values())
     model.train()
     while step < tc.steps:
         x, y = next_batch()
@@ -210,16 +219,18 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
             bar.set_postfix(loss=f"{log['train/loss']:.4g}", mse=f"{log['train/mse']:.4g}")
             hooks.on_log(step, log)
         if ev.every_steps and step % ev.every_steps == 0 and step < tc.steps:
+            t0 = time.perf_counter()
             res = evaluate(with_precision(ema.module, tc.precision, device), dataset,
                            num_samples=ev.num_samples_during, **eval_kwargs)
             hooks.on_eval(step, res.flat(), ev.num_samples_during, "eval")  # EMA copy: model stays in train mode
+            times["eval"] += time.perf_counter() - t0
         if step % tc.checkpoint_every == 0 or step == tc.steps:
-            train_time = time.perf_counter() - t_start
             save_checkpoint()
     bar.close()
-    train_time = time.perf_counter() - t_start
+    times["train"] = time.perf_counter() - t_start - times["eval"] - times["checkpoint"]
 
-    result = TrainResult(status=status, step=step, train_time_s=train_time, error=error, out_dir=str(out))
+    result = TrainResult(status=status, step=step, train_time_s=times["train"], error=error, out_dir=str(out))
+    t_final = time.perf_counter()
     if status == "finished":
         res = evaluate(with_precision(ema.module, tc.precision, device), dataset, num_samples=ev.num_samples,
                        **eval_kwargs)
@@ -233,6 +244,8 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
             samples = samples[:_saved_count(samples)]  # FID-50K of 256² images would be 39 GB per NFE
             np.save(out / "samples" / f"nfe_{nfe}.npy", samples.numpy())
             save_samples_png(samples, out / "samples" / f"nfe_{nfe}.png", f"{cfg.name}: NFE = {nfe}", ref)
+        times["eval"] += time.perf_counter() - t_final
         hooks.on_eval(step, result.metrics, ev.num_samples, "final")
+    result.eval_time_s, result.checkpoint_time_s = times["eval"], times["checkpoint"]
     write_text_atomic(out / "metrics.json", json.dumps(asdict(result), indent=2, default=str))
     return result
