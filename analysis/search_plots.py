@@ -29,19 +29,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from analysis.plots import fetch_artifact  # noqa: E402
+from analysis.plots import _save, fetch_artifact  # noqa: E402
 from analysis.search import FINISHED, STOPPED, Importance, SearchInfo, fmt  # noqa: E402
 from analysis.load import StudyRuns  # noqa: E402
 
 STOP_LABEL = "stopped early (last periodic eval)"
-
-
-def _save(fig, out_path: str | Path) -> Path:
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return out
 
 
 def _ylabel(info: SearchInfo, what: str = "final") -> str:

@@ -31,9 +31,8 @@ def _sync(device):
 
 def step_ratios(name: str, device, batch: int, iters: int) -> dict:
     while batch >= 8:
-        step_cost.BATCH[name] = batch
         try:
-            return step_cost.measure(name, device, iters, 3, 0.25, precision="bf16")
+            return step_cost.measure(name, device, iters, 3, 0.25, precision="bf16", batch=batch)
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
             batch //= 2

@@ -87,16 +87,13 @@ def _peak_bytes(net, opt, loss_fn, x, gen, device) -> int:
     return torch.cuda.max_memory_allocated() - base
 
 
-BATCH: dict[str, int] = {}  # --batch overrides
-
-
-def _setup(name: str, device: torch.device):
-    """Backbone, optimizer, a fixed batch and a generator for the setup ``name``."""
+def _setup(name: str, device: torch.device, batch: int | None = None):
+    """Backbone, optimizer, a fixed batch (``batch`` rows, default the setup's) and a generator."""
     s = SETUPS[name]
     torch.manual_seed(0)
     net = build_backbone(s["model"], s["shape"], None).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-    x = torch.randn(BATCH.get(name, s["batch"]), *s["shape"], device=device)
+    x = torch.randn(batch or s["batch"], *s["shape"], device=device)
     return net, opt, x, torch.Generator(device=device).manual_seed(0)
 
 
@@ -115,8 +112,8 @@ def _median_ms(net, opt, losses: dict, x, gen, device, iters: int, warmup: int) 
 
 
 def measure(name: str, device: torch.device, iters: int, warmup: int, frac: float, precision: str = "fp32",
-            compile: bool = False) -> dict:
-    net, opt, x, gen = _setup(name, device)
+            compile: bool = False, batch: int | None = None) -> dict:
+    net, opt, x, gen = _setup(name, device, batch)
     call = with_precision(net, precision, device)
     losses = {"fm": MeanFlowLoss(frac_r_neq_t=0.0), "mf": MeanFlowLoss(frac_r_neq_t=frac),
               "mf_fwd": MeanFlowLoss(frac_r_neq_t=frac, u_from="forward"),
@@ -147,9 +144,9 @@ def measure(name: str, device: torch.device, iters: int, warmup: int, frac: floa
     return out
 
 
-def measure_methods(name: str, device: torch.device, iters: int, warmup: int) -> dict:
+def measure_methods(name: str, device: torch.device, iters: int, warmup: int, batch: int | None = None) -> dict:
     """Median step time of every registered method (default settings) and its ratio to flow_matching."""
-    net, opt, x, gen = _setup(name, device)
+    net, opt, x, gen = _setup(name, device, batch)
     losses = {}
     for method in METHODS:
         loss_fn = METHODS.lookup(method)(load_trial_config({"method": {"name": method}}), None)
@@ -181,12 +178,11 @@ def main(argv=None) -> None:
     unknown = [s for s in setups if s not in SETUPS]
     if unknown:
         p.error(f"unknown setup(s) {unknown}; valid: {', '.join(SETUPS)}")
-    if args.batch:
-        BATCH.update({s: args.batch for s in setups})
-    result = {name: measure(name, device, args.iters, args.warmup, args.frac, args.precision, args.compile)
+    result = {name: measure(name, device, args.iters, args.warmup, args.frac, args.precision, args.compile, args.batch)
               for name in setups}
     if not args.no_methods:
-        result["methods"] = {name: measure_methods(name, device, args.iters, args.warmup) for name in setups}
+        result["methods"] = {name: measure_methods(name, device, args.iters, args.warmup, args.batch)
+                             for name in setups}
     if not args.json:
         print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} frac_r_neq_t={args.frac}")
     print(json.dumps(result, indent=None if args.json else 2))

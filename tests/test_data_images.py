@@ -411,3 +411,12 @@ def test_encode_command_exit_codes_and_nothing_written(encoded, tmp_path, capsys
         err = capsys.readouterr().err
         assert err.startswith("error:") and match in err and "Traceback" not in err
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize("name", ["moons", "digits"])
+def test_max_items_caps_every_source_not_only_the_image_loaders(name):
+    full = load_dataset(DataConfig(name=name, num_train=200, conditional=True))
+    capped = load_dataset(DataConfig(name=name, num_train=200, conditional=True, max_items=10))
+    assert capped.x_train.shape[0] == 10 and capped.y_train.shape[0] == 10
+    assert torch.equal(capped.x_train, full.x_train[:10]) and torch.equal(capped.y_train, full.y_train[:10])
+    assert torch.equal(capped.x_test, full.x_test)  # the held-out split is untouched

@@ -60,5 +60,12 @@ DATASETS = Registry("dataset", {**{name: lazy("mfsweep.data.toys:load") for name
 
 
 def load_dataset(cfg) -> Dataset:
-    """Load the dataset named by ``cfg.name`` (a ``DataConfig``)."""
-    return DATASETS.lookup(cfg.name)(cfg)
+    """Load the dataset named by ``cfg.name`` (a ``DataConfig``), its training split capped at
+    ``cfg.max_items`` (the first items) for every source. Loaders that can read or generate less
+    (image_folder, synthetic_images) cap early themselves; this cap is the one every dataset gets."""
+    ds = DATASETS.lookup(cfg.name)(cfg)
+    cap = getattr(cfg, "max_items", None)
+    if cap is not None and len(ds.x_train) > cap:
+        ds.x_train = ds.x_train[:cap]
+        ds.y_train = None if ds.y_train is None else ds.y_train[:cap]
+    return ds

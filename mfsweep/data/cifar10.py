@@ -107,7 +107,5 @@ def load(cfg) -> Dataset:
     ensure_files(root, cfg.download)
     x_tr, y_tr = _read(root, train=True)
     x_te, y_te = _read(root, train=False)
-    if cfg.max_items is not None:
-        x_tr, y_tr = x_tr[:cfg.max_items], y_tr[:cfg.max_items]
     return Dataset("cifar10", "image", _to_tensor(x_tr), torch.from_numpy(y_tr), _to_tensor(x_te),
                    torch.from_numpy(y_te), 10, (3, 32, 32), hflip=bool(cfg.hflip))

@@ -224,7 +224,6 @@ def load(cfg) -> Dataset:
         raise DataError(f"data.path: {root} holds {count} latent; need at least 2 (train and held-out)")
     n_test = min(count - 1, max(1, round(cfg.test_fraction * count)))
     n_train = count - n_test
-    keep = n_train if cfg.max_items is None else min(n_train, cfg.max_items)
     if cfg.vae:
         vae = cfg.vae
         check_vae(vae, "data.vae")
@@ -235,7 +234,7 @@ def load(cfg) -> Dataset:
     decoder = LatentDecoder(vae, meta["scaling_factor"], meta.get("shift_factor"), lat.shape[1:], image_shape)
     classes = meta.get("class_names") or []
     num_classes = int(meta.get("num_classes") or len(classes) or int(labels.max()) + 1)
-    return Dataset(root.name or "latents", "image", torch.from_numpy(lat[:keep]), torch.from_numpy(labels[:keep]),
+    return Dataset(root.name or "latents", "image", torch.from_numpy(lat[:n_train]), torch.from_numpy(labels[:n_train]),
                    torch.from_numpy(lat[n_train:]), torch.from_numpy(labels[n_train:]), num_classes,
                    tuple(lat.shape[1:]), split_seed=meta.get("seed"), test_fraction=cfg.test_fraction,
                    hflip=bool(cfg.hflip), decode=decoder, image_shape=image_shape)

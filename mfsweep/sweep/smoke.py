@@ -56,7 +56,11 @@ def _smoke_data(data: dict) -> dict:
 
 
 def _is_image(data: dict) -> bool:
-    return data.get("name") in ("synthetic_images", "latents", "digits", *_IMAGE_SOURCES)
+    """Image (or latent) data: anything but the 2-D toys and a user's .npy (whose kind is its shape's)."""
+    from mfsweep.data import TOYS
+
+    name = data.get("name", "checkerboard")
+    return name not in TOYS and name != "npy"
 
 
 def _smoke_eval(ev: dict, image: bool) -> dict:
