@@ -3,7 +3,7 @@
     mfsweep train CONFIG.yaml [--set KEY=VALUE ...] [--out DIR] [--no-progress]
     mfsweep validate STUDY.yaml [--set KEY=VALUE ...] [--smoke]
     mfsweep run STUDY.yaml [--dry-run] [--set KEY=VALUE ...] [--smoke] [--tracking-uri URI]
-                           [--address RAY_ADDRESS] [--max-concurrent N] [--restart] [--num-cpus N]
+                           [--address RAY_ADDRESS] [--max-concurrent N] [--restart] [--num-cpus N] [--yes]
     mfsweep report STUDY.yaml [--smoke] [--tracking-uri URI] [--out DIR] [--metric M ...] [--nfe K ...]
     mfsweep ui [STUDY.yaml] [--smoke] [--tracking-uri URI] [--host H] [--port P] [--workers N] [--no-browser]
     mfsweep encode IMAGE_DIR OUT --vae PATH_OR_NAME [--resolution 256] [--batch-size N] [--device D]
@@ -15,7 +15,12 @@ trial config, the config's keys (``train.steps=500``). The tracking URI is ``--t
 
 Exit codes: 0 success; 2 invalid input (every problem listed, nothing written); 3 a study finished
 but some trials failed or diverged (``run``), or a training run diverged (``train``); 1 internal
-error; 130 interrupted (rerun the same command to resume).
+error; 130 interrupted, 143 stopped by SIGTERM (``run``: rerun the same command to resume).
+
+Known errors (bad config or study, missing data, a study not in the tracking store) print one line
+per problem and exit 2. Any other exception is an internal error: one line on stderr, the traceback
+saved to ``$MFSWEEP_ERROR_DIR`` (default: the temp folder) as ``mfsweep-error-<time>-<pid>.log``.
+``run`` refuses a study of more than its ``max_trials`` trials (default 1000) without ``--yes``.
 
 Everything heavy (torch, Ray, MLflow, rich) is imported inside the command that needs it, so
 ``mfsweep --help`` and ``mfsweep validate`` start quickly.
@@ -31,6 +36,7 @@ import traceback
 from pathlib import Path
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INVALID, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM: ``mfsweep run`` stopped gracefully by SIGTERM (rerun to resume)
 
 
 def _cmd_train(args) -> int:
@@ -54,6 +60,13 @@ def _load(args):
     from mfsweep.sweep.study import load_study
 
     study, text = load_study(args.study, args.set, smoke=getattr(args, "smoke", False))
+    n = study.trial_count
+    if n > study.max_trials and args.func is _cmd_run and not (args.dry_run or args.yes):  # before any expansion
+        from mfsweep.config import ConfigError
+
+        raise ConfigError([("max_trials", f"the study would launch {n:,} trials, more than max_trials "
+                                          f"{study.max_trials:,}; pass --yes to launch them, or raise max_trials")],
+                          f"study {args.study}")
     return make_plan(study, f"study {args.study}"), text
 
 
@@ -90,6 +103,9 @@ def _describe(plan, console) -> None:
     console.print(f"metric {plan.metric}; scheduler {sched}; per trial {s.resources.cpu:g} CPU"
                   f"{f', {s.resources.gpu:g} GPU' if s.resources.gpu else ''}; {base.train.steps} steps; "
                   f"eval NFE {base.eval.nfe} on {base.eval.num_samples} samples", highlight=False)
+    if s.trial_count > s.max_trials:
+        console.print(f"[yellow]warning[/]: {s.trial_count:,} trials, more than max_trials {s.max_trials:,}: "
+                      "`mfsweep run` asks for --yes", highlight=False)
 
 
 def make_console():
@@ -149,8 +165,9 @@ def _cmd_run(args) -> int:
     console.print(f"{verb} execution {outcome.execution_id} in {outcome.wall_s:.0f} s; MLflow {uri} "
                   f"(parent run {outcome.parent_run_id}); Ray experiment {outcome.experiment_path}", highlight=False)
     if outcome.interrupted:
-        console.print("[yellow]interrupted[/]: rerun the same command to resume")
-        return EXIT_INTERRUPTED
+        by = f" by {outcome.stop_signal}" if outcome.stop_signal else ""
+        console.print(f"[yellow]interrupted{by}[/]: rerun the same command to resume")
+        return EXIT_TERMINATED if outcome.stop_signal == "SIGTERM" else EXIT_INTERRUPTED
     if outcome.failed:
         bad = ", ".join(f"{r['trial_id']} ({r['status']})" for r in outcome.failed)
         console.print(f"[red]{len(outcome.failed)} trial(s) did not finish[/]: {bad}")
@@ -184,6 +201,12 @@ def _cmd_report(args) -> int:
 
     study, _ = load_study(args.study, args.set, smoke=args.smoke)
     uri = resolve_tracking_uri(args.tracking_uri, study.tracking.uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():  # MLflow would create it
+        from mfsweep.config import ConfigError
+
+        raise ConfigError([("--tracking-uri", f"no MLflow store at {uri.removeprefix('sqlite:///')}: run "
+                                              f"`mfsweep run {args.study}` first, or pass the --tracking-uri it used")],
+                          "report")
     try:
         files = write_report(study.name, tracking_uri=uri, out_dir=args.out, experiment=study.experiment,
                              metrics=args.metric, nfes=args.nfe)
@@ -239,6 +262,7 @@ def add_study_commands(sub) -> None:
     r.add_argument("--max-concurrent", type=int, help="at most N trials at once (new executions)")
     r.add_argument("--restart", action="store_true", help="start a new execution instead of resuming")
     r.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    r.add_argument("--yes", action="store_true", help="launch even when the study has more than max_trials trials")
     r.set_defaults(func=_cmd_run)
 
     rep = sub.add_parser("report", help="write the study's report (tables, plots) from MLflow")
@@ -296,16 +320,48 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INVALID
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception:  # a bug, not bad input: the trace, and the exit code that says so
-        traceback.print_exc()
-        print("internal error (exit 1): please report it with the trace above", file=sys.stderr)
+    except Exception as exc:
+        if isinstance(exc, _known_errors(ConfigError, DataError)):  # bad input: one line (per problem), exit 2
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        # a bug, not bad input: the trace into a file, one line here, exit 1
+        log = _save_traceback(argv)
+        where = f"traceback in {log}" if log else "traceback above"
+        print(f"internal error (exit 1): {type(exc).__name__}: {' '.join(str(exc).split())[:300]}; "
+              f"{where}; please report it with that trace", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _known_errors(*base: type) -> tuple[type, ...]:
+    """Errors that mean bad input or a missing prerequisite (exit 2, one line): the config's and the
+    data's, a study not in the tracking store, missing Inception weights. Classes are taken only from
+    modules already imported (an error from a module that was never imported cannot have happened)."""
+    known = list(base)
+    for module, name in (("analysis.load", "StudyNotFound"), ("mfsweep.evaluation.metrics.fid", "MissingWeightsError")):
+        if (mod := sys.modules.get(module)) is not None and isinstance(cls := getattr(mod, name, None), type):
+            known.append(cls)
+    return tuple(known)
+
+
+def _save_traceback(argv: list[str] | None) -> str | None:
+    """Write the current exception's traceback to ``$MFSWEEP_ERROR_DIR`` (default: the temp folder)
+    as mfsweep-error-<UTC time>-<pid>.log; returns its path (None, and the trace on stderr, if that fails)."""
+    import tempfile
+    import time
+
+    text = f"mfsweep {' '.join(sys.argv[1:] if argv is None else argv)}\n\n{traceback.format_exc()}"
+    try:
+        folder = Path(os.environ.get("MFSWEEP_ERROR_DIR") or tempfile.gettempdir())
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"mfsweep-error-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{os.getpid()}.log"
+        path.write_text(text)
+        return str(path)
+    except OSError:
+        print(text, file=sys.stderr)
+        return None
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ The rest of the code never sees a raw dict: ``load_trial_config(dict) -> TrialCo
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,15 +25,20 @@ class ConfigError(ValueError):
     def __init__(self, errors: list[tuple[str, str]], source: str = "config"):
         self.errors = errors
         self.source = source
+        if len(errors) == 1:  # one problem, one line (what a shell user reads first)
+            path, msg = errors[0]
+            super().__init__(f"invalid {source}: {path + ': ' if path else ''}{msg}")
+            return
         lines = "\n".join(f"  {path or '<root>'}: {msg}" for path, msg in errors)
         n = len(errors)
         super().__init__(f"invalid {source} ({n} error{'s' * (n != 1)}):\n{lines}")
 
 
 class Strict(BaseModel):
-    """Base of every config model: unknown keys are errors, defaults are validated too."""
+    """Base of every config model: unknown keys are errors, defaults are validated too, and a float
+    must be finite (``.nan`` / ``.inf`` in YAML are errors, not a silently broken run)."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class DataConfig(Strict):
@@ -343,24 +349,62 @@ def validation_errors(exc: ValidationError, prefix: str = "") -> list[tuple[str,
         path = _dotted(err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] not in ("extra_forbidden", "missing", "value_error") and "input" in err and not isinstance(err["input"], dict):
-            msg += f" (got {err['input']!r})"
+            got = repr(err["input"])
+            msg += f" (got {got if len(got) <= 80 else got[:70] + ' …'})"
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        out.append((prefix + path, msg))
+        out.append((prefix + path if path else prefix.rstrip("."), msg))
     return out
 
 
-def load_trial_config(raw: dict[str, Any], prefix: str = "", source: str = "config") -> TrialConfig:
-    """Validate a plain dict. Raises ConfigError listing every problem with its dotted path."""
+def load_trial_config(raw: dict[str, Any], prefix: str = "", source: str = "config",
+                      check_fraction: bool = True) -> TrialConfig:
+    """Validate a plain dict. Raises ConfigError listing every problem with its dotted path.
+    ``check_fraction=False`` only for a searched trial, whose range was checked at validation."""
     if not isinstance(raw, dict):
         raise ConfigError([(prefix.rstrip("."), f"expected a mapping, got {type(raw).__name__}")], source)
     try:
         cfg = TrialConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(validation_errors(exc, prefix), source) from None
-    if errors := method_errors(cfg):
+    if errors := method_errors(cfg) + (realised_fraction_errors(cfg) if check_fraction else []):
         raise ConfigError([(prefix + path, msg) for path, msg in errors], source)
     return cfg
+
+
+#: How far the realised share of r ≠ t rows, round(frac_r_neq_t · B) / B, may be from the requested
+#: ``meanflow.frac_r_neq_t`` (absolute). round(f·B)/B is never further than 1/(2B) from f, so this
+#: only bites for batches below 10 rows, where e.g. 0.25 of 3 rows would really be 1/3.
+FRAC_TOLERANCE = 0.05
+
+
+def realised_r_neq_t(batch_size: int, frac_r_neq_t: float) -> int:
+    """The number of r ≠ t rows per batch, exactly as the losses take it
+    (``mfsweep.methods.timesteps.num_r_neq_t``: Python's round, halves to even)."""
+    return int(round(frac_r_neq_t * batch_size))
+
+
+def realised_fraction_errors(cfg: TrialConfig, workers: int = 1) -> list[tuple[str, str]]:
+    """``meanflow.frac_r_neq_t`` that the batch cannot realise: a non-zero fraction that rounds to no
+    r ≠ t row (the run would be plain Flow Matching, yet sampled and reported as MeanFlow), or a
+    realised share off by more than FRAC_TOLERANCE. Only for methods that read the fraction. With
+    data-parallel ``workers``, each rank's loss takes its own ``batch_size / workers`` rows."""
+    if "frac_r_neq_t" not in METHOD_KEYS[cfg.method.name][0]:
+        return []
+    frac, b = cfg.meanflow.frac_r_neq_t, max(1, cfg.train.batch_size // max(1, workers))
+    rows = (f"train.batch_size {b}" if workers <= 1
+            else f"the {b} rows per worker (train.batch_size {cfg.train.batch_size} over {workers} workers)")
+    n = realised_r_neq_t(b, frac)
+    if frac > 0 and n == 0:
+        return [("meanflow.frac_r_neq_t", f"{frac:g} of {rows} rounds to 0 rows with r ≠ t: the run "
+                                          f"would be plain Flow Matching sampled as {cfg.method.name}; use "
+                                          f"frac_r_neq_t: 0 for Flow Matching, or at least {1 / b:.3g} "
+                                          "(or a larger train.batch_size)")]
+    if abs(n / b - frac) > FRAC_TOLERANCE + 1e-12:
+        return [("meanflow.frac_r_neq_t", f"{frac:g} of {rows} is realised as {n} of {b} rows with "
+                                          f"r ≠ t = {n / b:.3g} (off by more than {FRAC_TOLERANCE}); pick a fraction "
+                                          f"that is a multiple of 1/{b} or a larger train.batch_size")]
+    return []
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -368,7 +412,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError([(item, "expected key=value, e.g. train.steps=500")], "--set")
     key, value = item.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    return key.strip(), parse_yaml(value, f"--set {key.strip()}")
 
 
 def deep_merge(base: Any, override: Any) -> Any:
@@ -407,20 +451,224 @@ def get_dotted(cfg: BaseModel | dict, key: str) -> Any:
     return node
 
 
-def read_yaml(path: str | Path, what: str = "config") -> dict:
+# ---- reading YAML files ------------------------------------------------------------------------
+# A config or study file is small, hand-written, plain YAML. Anything else is refused with one line
+# naming the file (and, where there is one, the dotted path and line) before it is parsed further:
+# files over MAX_YAML_BYTES, bytes that are not UTF-8, duplicate keys (YAML would keep the last one
+# silently), tags other than the plain YAML types (``!!python/object...``: the loader stays a safe
+# loader), more than MAX_YAML_ALIASES aliases, more than MAX_YAML_NODES values, written out or
+# once aliases are expanded (alias bombs), and nesting deeper than MAX_YAML_DEPTH. Each limit stops
+# the reader early: a hostile file costs seconds at most, never a hang or the machine's memory.
+
+MAX_YAML_BYTES = 1_000_000
+MAX_YAML_ALIASES = 100
+MAX_YAML_NODES = 50_000
+MAX_YAML_DEPTH = 50
+#: PyYAML's scanner is quadratic in the nesting of flow collections (``[[[[...``): deeper than this
+#: is refused by a linear pre-scan, before the scanner sees it.
+MAX_YAML_FLOW_DEPTH = 200
+_FLOW_TOKENS = re.compile(r"""[\[\]{}'"#\n]""")
+_DOUBLE_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_SAFE_TAGS = frozenset(tag for tag in yaml.SafeLoader.yaml_constructors if tag) | {"tag:yaml.org,2002:merge"}
+
+
+class _Refused(Exception):
+    def __init__(self, path: str, msg: str):
+        super().__init__(msg)
+        self.path, self.msg = path, msg
+
+
+def _line(node) -> str:
+    return f"line {node.start_mark.line + 1}"
+
+
+def _short_tag(tag: str) -> str:
+    return "!!" + tag.removeprefix("tag:yaml.org,2002:") if tag.startswith("tag:yaml.org,2002:") else tag
+
+
+class _StudyLoader(yaml.SafeLoader):
+    """SafeLoader that counts aliases and nesting while composing (so a bomb or a deep document stops
+    early, not in a RecursionError or out of memory)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._aliases = 0
+        self._nodes = 0
+        self._depth = 0
+        self._path: list[str] = []  # where the composer is: keys and [index]es
+
+    def _where(self) -> str:
+        path = "".join(part if part.startswith("[") or i == 0 else "." + part for i, part in enumerate(self._path))
+        return path if len(path) <= 100 else path[:60] + "…" + path[-30:]
+
+    def compose_node(self, parent, index):
+        # index: the key node (a mapping's value), an int (a list item) or None (a key, the root)
+        part = (index.value if isinstance(index, yaml.ScalarNode) else f"[{index}]" if isinstance(index, int)
+                else "?" if isinstance(index, yaml.Node) else None)
+        line = self.peek_event().start_mark.line + 1
+        if part is not None:
+            self._path.append(str(part))
+        self._depth += 1
+        try:
+            if self.check_event(yaml.AliasEvent):
+                self._aliases += 1
+                if self._aliases > MAX_YAML_ALIASES:
+                    raise _Refused(self._where(), f"more than {MAX_YAML_ALIASES} YAML aliases (*name) in one file "
+                                                  f"(line {line}); write the values out")
+            if self._depth > MAX_YAML_DEPTH:
+                raise _Refused(self._where(), f"nested deeper than {MAX_YAML_DEPTH} levels (line {line})")
+            self._nodes += 1
+            if self._nodes > MAX_YAML_NODES:
+                raise _Refused(self._where(), f"more than {MAX_YAML_NODES:,} values in one file (line {line})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+            if part is not None:
+                self._path.pop()
+
+
+def _check_nodes(root) -> None:
+    """Tags, duplicate keys and the expanded size of a composed document (aliases share nodes: each
+    node is checked once, its expanded size memoised)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def walk(node, path: str) -> int:
+        if id(node) in open_nodes:
+            raise _Refused(path, f"a YAML alias refers to a value that contains it ({_line(node)})")
+        if id(node) in sizes:  # an alias of a node already seen
+            return sizes[id(node)]
+        open_nodes.add(id(node))
+        if node.tag not in _SAFE_TAGS:
+            raise _Refused(path, f"YAML tag {_short_tag(node.tag)} is not allowed ({_line(node)}); only plain "
+                                 "mappings, lists, strings, numbers, booleans and null are read")
+        size = 1
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[tuple[str, str], int] = {}
+            for key_node, value_node in node.value:
+                size += walk(key_node, path) if not isinstance(key_node, yaml.ScalarNode) else 1
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                child = f"{path}.{key}" if path and key is not None else (str(key) if key is not None else path)
+                if key is not None and key_node.tag != "tag:yaml.org,2002:merge":
+                    ident = (key_node.tag, key)
+                    if ident in seen:
+                        raise _Refused(child, f"duplicate key {key!r} at {_line(key_node)} (first at line "
+                                              f"{seen[ident]}); YAML would silently keep only the last one")
+                    seen[ident] = key_node.start_mark.line + 1
+                size += walk(value_node, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                size += walk(item, f"{path}[{i}]")
+        if size > MAX_YAML_NODES:
+            raise _Refused(path, f"with its YAML aliases expanded, the document holds more than {MAX_YAML_NODES:,} "
+                                 "values (aliases repeated inside each other?)")
+        sizes[id(node)] = size
+        open_nodes.discard(id(node))
+        return size
+
+    walk(root, "")
+
+
+def _flow_depth_line(text: str) -> int | None:
+    """The line where ``[`` / ``{`` nesting first exceeds MAX_YAML_FLOW_DEPTH (quoted scalars and
+    comments skipped), or None."""
+    depth, line, pos = 0, 1, 0
+    while (m := _FLOW_TOKENS.search(text, pos)) is not None:
+        c, at = m.group(), m.start()
+        pos = at + 1
+        if c == "\n":
+            line += 1
+        elif c in "[{":
+            depth += 1
+            if depth > MAX_YAML_FLOW_DEPTH:
+                return line
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        elif at and text[at - 1] not in " \t\n[{,:?-":
+            continue  # a quote or # inside a plain scalar (it's, a#b)
+        elif c == "#":
+            pos = text.find("\n", at)
+            if pos < 0:
+                return None
+        elif c == '"':
+            q = _DOUBLE_QUOTED.match(text, at)
+            end = q.end() if q else len(text)
+            line, pos = line + text.count("\n", at, end), end
+        else:  # a single-quoted scalar; '' is a quote inside it
+            end = at + 1
+            while (end := text.find("'", end)) >= 0 and text.startswith("''", end):
+                end += 2
+            end = len(text) if end < 0 else end + 1
+            line, pos = line + text.count("\n", at, end), end
+    return None
+
+
+def _one_line(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is not None and problem:
+        return f"not valid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return "not valid YAML: " + " ".join(str(exc).split())
+
+
+def read_text(path: str | Path, what: str = "config") -> str:
+    """A small UTF-8 text file, or a ConfigError naming the file (missing, a folder, too big, not UTF-8)."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError([("", f"{p} is a folder; give the {what} YAML file")], what)
     if not p.is_file():
         raise ConfigError([("", f"file not found: {p}")], what)
     try:
-        raw = yaml.safe_load(p.read_text())
+        size = p.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise ConfigError([("", f"{size:,} bytes; a {what} file may have at most {MAX_YAML_BYTES:,}")], f"{what} {p}")
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError([("", f"cannot read: {exc.strerror or exc}")], f"{what} {p}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([("", f"not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                                "save the file as UTF-8")], f"{what} {p}") from None
+
+
+def parse_yaml(text: str, source: str = "config") -> Any:
+    """Plain YAML → Python, refusing duplicate keys, unsafe tags, alias bombs and deep nesting."""
+    if (line := _flow_depth_line(text)) is not None:
+        raise ConfigError([("", f"[ ] or {{ }} nested deeper than {MAX_YAML_FLOW_DEPTH} levels (line {line})")], source)
+    loader = None
+    try:
+        loader = _StudyLoader(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node)
+        try:
+            return loader.construct_document(node)
+        except (ValueError, TypeError, ArithmeticError, AttributeError) as exc:  # e.g. `!!int abc`
+            raise ConfigError([("", f"a value does not match its YAML type: {' '.join(str(exc).split())}")],
+                              source) from None
+    except _Refused as exc:
+        raise ConfigError([(exc.path, exc.msg)], source) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([("", f"not valid YAML: {exc}")], f"{what} {p}") from None
+        raise ConfigError([("", _one_line(exc))], source) from None
+    except RecursionError:  # belt and braces: the depth limit should stop it first
+        raise ConfigError([("", f"nested too deeply (more than {MAX_YAML_DEPTH} levels)")], source) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def read_yaml(path: str | Path, what: str = "config") -> dict:
+    raw = parse_yaml(read_text(path, what), f"{what} {path}")
     return raw if raw is not None else {}
 
 
 def load_config_file(path: str | Path, overrides: list[str] = ()) -> TrialConfig:
     """Read a YAML trial config, apply ``--set key=value`` overrides, validate."""
     raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError([("", f"expected a mapping of config keys, got {type(raw).__name__}")], f"config {path}")
     for item in overrides:
         set_dotted(raw, *parse_override(item))
     return load_trial_config(raw, source=f"config {path}")

@@ -98,9 +98,47 @@ def shared_config_errors(base: Any, eval_overrides: Any) -> list[tuple[str, str]
     base = dict(base)
     if base.pop("seed", None) is not None:
         errors.append(("base.seed", "set the training seeds in the study's `seeds:` list (the axis named seed)"))
+    if base.pop("name", None) is not None:
+        errors.append(("base.name", "each trial is named after its trial id; name the study with the top-level `name:`"))
     validate_into({**base, "seed": 0, "name": "base"}, errors, "base", prefix="base.")
     if isinstance(eval_overrides, dict):
         validate_into({"eval": eval_overrides}, errors, "eval")  # paths come out as eval.<key>, as written
+    return errors
+
+
+def axis_value_errors(axes: dict, algorithm: str, base: Any, eval_overrides: Any,
+                      base_errors: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Errors of each axis value (as ``make_plan`` probes them) when the base itself has errors, so
+    that ``validate`` lists both at once: each value is merged into the base, and an error the base
+    has on its own is left out unless the value itself sits at that key."""
+    import copy
+
+    from mfsweep.config import set_dotted
+    from mfsweep.sweep.axes import parse_axes
+
+    if not isinstance(base, dict) or not isinstance(axes, dict):
+        return []
+    base_raw = {k: v for k, v in base.items() if k not in ("seed", "name")}
+    if isinstance(eval_overrides, dict) and eval_overrides:
+        ev = base_raw.get("eval")
+        base_raw["eval"] = {**ev, **eval_overrides} if isinstance(ev, dict) else dict(eval_overrides)
+    own = {("" if path == "base" else path.removeprefix("base."), msg) for path, msg in base_errors}
+    errors: list[tuple[str, str]] = []
+    for axis in parse_axes(axes, algorithm):
+        for path, value in probe_values(axis):
+            raw = copy.deepcopy({**base_raw, "seed": 0, "name": "probe"})
+            try:
+                set_dotted(raw, axis.key, value, merge=True, source="axes")
+            except ConfigError:  # a non-mapping on the way: the base's own error says so
+                continue
+            try:
+                load_trial_config(raw, source="probe")
+            except ConfigError as exc:
+                for inner, msg in exc.errors:
+                    at_value = inner == axis.key or (inner.startswith(axis.key + ".") and not isinstance(value, dict))
+                    if (inner, msg) in own and not at_value:
+                        continue
+                    errors.append((path, msg if inner in ("", axis.key) else f"{inner}: {msg}"))
     return errors
 
 

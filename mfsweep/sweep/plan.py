@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from mfsweep.config import ConfigError, TrialConfig, get_dotted, load_trial_config, set_dotted
+from mfsweep.config import (ConfigError, TrialConfig, get_dotted, load_trial_config, realised_fraction_errors,
+                             realised_r_neq_t, set_dotted)
 from mfsweep.data import TOYS
 from mfsweep.sweep import checks
 from mfsweep.schema import metric_key, short_axis_name
@@ -99,7 +100,9 @@ class StudyPlan:
             choices[axis.key] = value
         seed = self.study.seeds[number % len(self.study.seeds)]
         tid = trial_id(number, self._id_parts(choices, digits=4), seed)
-        cfg = load_trial_config(self.compose(choices, seed, tid), source=f"trial {tid}")
+        # the fraction was checked over the searched range at validation (_searched_fraction_errors):
+        # a suggestion must never stop the study while Tune names the trial
+        cfg = load_trial_config(self.compose(choices, seed, tid), source=f"trial {tid}", check_fraction=False)
         return TrialSpec(number, tid, seed, choices, cfg, self.tags_of(cfg, choices))
 
     def fingerprint(self) -> str:
@@ -145,8 +148,9 @@ def make_plan(study: Study, source: str = "study") -> StudyPlan:
             configs.append(cfg) if cfg is not None else bad_values.add((axis.key, i))
         axis.leaves = [axis.key] if axis.labels or not configs else varying_leaves(axis.key, configs)
     checks.check_metric(plan, errors)
+    _searched_fraction_errors(plan, base_cfg, errors)
 
-    algo = study.search.algorithm
+    algo, workers = study.search.algorithm, study.resources.workers
     if algo != "optuna":
         if algo == "grid":
             points = list(itertools.product(*[list(enumerate(a.values)) for a in plan.axes]))
@@ -160,6 +164,10 @@ def make_plan(study: Study, source: str = "study") -> StudyPlan:
             if any((a.key, i) in bad_values for a, (i, _) in zip(plan.axes, point)):
                 continue  # already reported against the axis value
             cfg = checks.validate_into(plan.compose(choices, seed, tid), errors, source, f"trial {tid}")
+            if cfg is not None and workers > 1:  # each worker's loss rounds the fraction on its own rows
+                per_worker = realised_fraction_errors(cfg, workers)
+                errors += [(f"trial {tid}: {path}", msg) for path, msg in per_worker]
+                cfg = None if per_worker else cfg
             if cfg is not None:
                 plan.trials.append(TrialSpec(index, tid, seed, choices, cfg, plan.tags_of(cfg, choices)))
                 checks.check_files(cfg, f"trial {tid}", errors)
@@ -170,6 +178,33 @@ def make_plan(study: Study, source: str = "study") -> StudyPlan:
     if errors:
         raise ConfigError(checks.dedupe(errors), source)
     return plan
+
+
+def _searched_fraction_errors(plan: StudyPlan, base_cfg, errors: list) -> None:
+    """A *searched* ``meanflow.frac_r_neq_t`` (uniform / loguniform range) is checked over its range at
+    validation, since a suggestion is only known when Tune names the trial, mid-study. A range that
+    starts above 0 must be realisable throughout (e.g. [0.001, 0.5] at 256 rows is refused: 0.001
+    gives 0 rows with r ≠ t); a range that starts at 0 includes Flow Matching by the user's choice,
+    so its suggestions that round to 0 rows are accepted, but a realised share off by more than the
+    tolerance (tiny batches) is still refused."""
+    from types import SimpleNamespace
+
+    for axis in plan.axes:
+        if axis.key != "meanflow.frac_r_neq_t" or axis.bounds is None or axis.kind == "int":
+            continue
+        lo, hi = axis.bounds
+        probes = sorted({lo, hi, *(lo + (hi - lo) * i / 200 for i in range(201)),
+                         *(v for v in (0.25 / max(1, base_cfg.train.batch_size),) if lo < v < hi)})
+        for v in probes:
+            fake = SimpleNamespace(method=base_cfg.method, train=base_cfg.train,
+                                   meanflow=SimpleNamespace(frac_r_neq_t=v))
+            workers = plan.study.resources.workers
+            bad = realised_fraction_errors(fake, workers)
+            rows = realised_r_neq_t(max(1, base_cfg.train.batch_size // workers), v)
+            if bad and v > 0 and (lo > 0 or rows > 0):
+                errors.append((f"axes.{axis.key}", f"the searched range [{lo:g}, {hi:g}] holds values the batch "
+                                                   f"cannot realise, e.g. {v:.3g}: {bad[0][1]}"))
+                break
 
 
 def _baseline_tags(plan: StudyPlan, errors: list) -> dict[str, str]:
