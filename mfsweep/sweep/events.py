@@ -24,10 +24,29 @@ _LIVE: dict[str, StudyEvents] = {}  # the live event handler, looked up by the (
 def attach(events: StudyEvents) -> None:
     """Make ``events`` the handler that every ForwardingCallback of this process forwards to."""
     _LIVE["events"] = events
+    _tune_controller_log().addFilter(_quiet_trial_trace)
 
 
 def detach() -> None:
     _LIVE.pop("events", None)
+    _tune_controller_log().removeFilter(_quiet_trial_trace)
+
+
+def _tune_controller_log():
+    import logging
+
+    return logging.getLogger("ray.tune.execution.tune_controller")
+
+
+def _quiet_trial_trace(record) -> bool:
+    """Drop Tune's "Trial task failed" log record (a full Ray traceback on the console): the
+    callbacks print one line per failure or retry and the trace stays in the trial's error file."""
+    return not str(record.msg).startswith("Trial task failed for trial")
+
+
+#: How Ray describes an actor whose node went away (the raylet died, the node was removed or drained).
+NODE_LOST = re.compile(r"node (?:has |was )?(?:died|dead|removed|drained|preempted)|raylet (?:has )?died|"
+                       r"NodeDiedError|LocalRayletDiedError|node_death", re.IGNORECASE)
 
 
 def error_summary(trace: str) -> str:
@@ -71,7 +90,33 @@ class StudyEvents:
             self._progress(ended=False)
 
     def on_trial_result(self, trial, result: dict) -> None:
+        if result.get("phase") == "checkpoint":  # the step a retry would continue from
+            self._checkpoint_step = {**getattr(self, "_checkpoint_step", {}), str(trial): int(result.get("step", 0))}
         self.tracker.trial_result(self.spec(trial), result)
+
+    def on_trial_recover(self, trial) -> None:
+        """A failed trial that Ray retries (``max_failures``): one console line, e.g. "trial t000 lost its
+        node; retry 1 of 2 from step 100"; Ray's traceback stays in the trial's error file."""
+        spec, trace = self.spec(trial), ""
+        with contextlib.suppress(Exception):
+            local = trial.error_file
+            trace = Path(local).read_text() if local and Path(local).is_file() else str(trial.get_error() or "")
+        trace = trace.rsplit("Failure # ", 1)[-1]  # Tune appends every failure to the file: the last one
+        if NODE_LOST.search(trace):
+            what = "lost its node"
+        elif "ActorUnavailableError" in trace or re.search(r"actor \w+ is unavailable", trace):
+            what = "lost contact with its node or worker"
+        elif re.search(r"worker process has died|actor died unexpectedly", trace, re.I):  # SIGKILL, OOM, crash
+            what = "lost its worker process (killed or crashed)"
+        else:
+            what = f"failed ({error_summary(trace)})"
+        retry = max(1, int(getattr(trial.run_metadata, "num_failures", 1)))
+        step = getattr(self, "_checkpoint_step", {}).get(str(trial))
+        start = f"from step {step}" if step else "from its last checkpoint"
+        self._say(f"[yellow]retry[/]    trial {spec.trial_id} {what}; retry {retry} of "
+                  f"{self.plan.study.max_failures} {start}")
+        with contextlib.suppress(Exception):  # the trace also in the trial's MLflow run (retry-N.txt)
+            self.tracker._log_texts(self.tracker.child(spec), {f"retry-{retry}.txt": trace})
 
     def on_trial_complete(self, trial) -> None:
         spec, last = self.spec(trial), dict(trial.last_result or {})
@@ -108,7 +153,12 @@ class StudyEvents:
         """One row per child run, from MLflow (it also knows trials finished before a resume)."""
         metric = self.plan.metric
         out = []
-        for run in self.tracker.children():
+        runs = self.tracker.children()
+        if runs is None:  # MLflow unreachable (its writes are journaled): what this process saw
+            states = self.progress.status if self.progress is not None else {}
+            return [{"trial_id": tid, "status": st, "error": "", f"final/{metric}": None, "time/train_s": None,
+                     "run_id": ""} for tid, st in sorted(states.items())]
+        for run in runs:
             tags, metrics = run.data.tags, run.data.metrics
             out.append({"trial_id": tags.get("mfsweep.trial_id", run.info.run_name),
                         "status": tags.get("mfsweep.status", "running"), "error": tags.get("mfsweep.error", ""),
@@ -153,6 +203,10 @@ class ForwardingCallback(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         if (ev := self._events()) is not None:
             ev.on_trial_error(trial)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        if (ev := self._events()) is not None:
+            ev.on_trial_recover(trial)
 
 
 def forwarding_callback() -> ForwardingCallback:

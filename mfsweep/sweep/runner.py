@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from mfsweep.config import ConfigError
 from mfsweep.sweep.plan import StudyPlan
-from mfsweep.sweep.tracking import StudyTracker
+from mfsweep.sweep.tracking import StudyTracker, check_tracking
 
 #: Tune's own console output off (mfsweep prints one line per trial event instead).
 QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
@@ -40,6 +41,7 @@ class RunOutcome:
     wall_s: float
     slots: int
     rows: list[dict] = field(default_factory=list)  # one per trial: trial_id, status, error, metric, time
+    stop_signal: str = ""  # "SIGTERM" when that stopped the study (SIGINT / Ctrl+C: "")
 
     @property
     def failed(self) -> list[dict]:
@@ -67,6 +69,23 @@ def read_execution(study_dir: str) -> dict | None:
         return None
     with filesystem.open_input_stream(target) as f:
         return json.loads(f.read().decode())
+
+
+#: The form of an execution id (``time.strftime("%Y%m%d-%H%M%S-") + 6 hex``): an id read back from
+#: execution.json must have it, so a hand-edited id cannot point Tune's restore outside the storage path.
+EXECUTION_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+
+
+def checked_execution(state: dict | None, where: str) -> dict | None:
+    """``state`` from execution.json, refused (exit 2) unless its execution id has the generated form."""
+    if state is None:
+        return None
+    eid = state.get("execution_id")
+    if not isinstance(eid, str) or not EXECUTION_ID.match(eid):
+        raise ConfigError([("execution_id", f"{eid!r} in {where}/execution.json is not an id mfsweep wrote "
+                                            "(YYYYMMDD-HHMMSS-xxxxxx); rerun with --restart for a new execution")],
+                          "storage")
+    return state
 
 
 def write_execution(study_dir: str, state: dict) -> None:
@@ -106,7 +125,9 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
     if address:
         ray.init(address=address, **quiet)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **quiet)
+        # "local": a new Ray of our own even when `ray start` left a cluster address in /tmp/ray
+        # (ray.init() would join that one and refuse num_cpus)
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **quiet)
     return True
 
 
@@ -121,9 +142,9 @@ def _slots(plan: StudyPlan, max_concurrent: int | None) -> int:
 
     res = plan.study.resources
     total = ray.cluster_resources()
-    fit = int(total.get("CPU", 1) // res.cpu)
+    fit = int(total.get("CPU", 1) // (res.cpu * res.workers))  # per trial: per worker × workers
     if res.gpu:
-        fit = min(fit, int(total.get("GPU", 0) // res.gpu))
+        fit = min(fit, int(total.get("GPU", 0) // (res.gpu * res.workers)))
     limit = max_concurrent or plan.study.max_concurrent_trials
     n = len(plan.trials) or plan.study.search.num_samples
     return max(1, min(fit, limit or fit, n))
@@ -142,14 +163,20 @@ def run_plan(plan: StudyPlan, study_text: str, *, tracking_uri: str, address: st
         os.environ.setdefault(key, value)
     storage = storage_root(study.storage.path)
     study_dir = f"{storage}/{study.name}"
-    started = init_ray(address, num_cpus)
+    check_tracking(tracking_uri)  # a dead tracking server: exit 2 before Ray, storage or training
+    from mfsweep.sweep.lock import acquire
+
+    lock = acquire(study_dir, study.name)  # one driver per study; freed on exit, however it dies
+    started = False
     try:
-        check_storage(storage, study.storage.shared, address, tracking_uri, _alive_nodes())
+        # a changed study is refused before Ray starts (the refusal costs nothing)
         fingerprint = plan.fingerprint()
-        state = None if restart else read_execution(study_dir)
+        state = None if restart else checked_execution(read_execution(study_dir), study_dir)
         if state and state.get("fingerprint") != fingerprint:
             raise ConfigError([("", f"the study changed since execution {state['execution_id']} in {study_dir}; "
                                     "rerun with --restart to start a new execution")], f"study {study.name}")
+        started = init_ray(address, num_cpus)
+        check_storage(storage, study.storage.shared, address, tracking_uri, _alive_nodes())
         resumed = state is not None
         execution_id = state["execution_id"] if state else time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         tracker = StudyTracker(tracking_uri, plan)
@@ -176,8 +203,10 @@ def run_plan(plan: StudyPlan, study_text: str, *, tracking_uri: str, address: st
         slots = _slots(plan, max_concurrent)
         t0 = time.perf_counter()
         interrupted = False
-        try:
-            with ProgressDisplay(progress, console) as events.display:
+        from mfsweep.sweep.signals import graceful_stop
+
+        try:  # SIGINT: Tune's own graceful stop; SIGTERM: the same (mfsweep.sweep.signals)
+            with graceful_stop() as stop, ProgressDisplay(progress, console) as events.display:
                 tuner.fit()
         except KeyboardInterrupt:
             interrupted = True
@@ -192,10 +221,14 @@ def run_plan(plan: StudyPlan, study_text: str, *, tracking_uri: str, address: st
             tracker.mark_unfinished_stopped()
             rows = events.rows()
         tracker.close_parent("KILLED" if interrupted else "FINISHED", rows)
-        return RunOutcome(execution_id, parent_id, tracking_uri, exp_path, resumed, interrupted, wall, slots, rows)
+        # MLflow unreachable: its writes are journaled for the rerun (tracking.py), so not done yet
+        interrupted = interrupted or getattr(tracker, "offline", False)
+        return RunOutcome(execution_id, parent_id, tracking_uri, exp_path, resumed, interrupted, wall, slots, rows,
+                          stop_signal=stop.name)
     finally:
         detach()
         if started:
             import ray
 
             ray.shutdown()
+        lock.release()

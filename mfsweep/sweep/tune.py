@@ -13,14 +13,17 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from mfsweep.fileio import write_text_atomic
 from mfsweep.schema import METRIC_KEY
 from mfsweep.sweep.plan import StudyPlan, TrialSpec
 
 OUTPUTS = ("config.yaml", "metrics.json", "samples", "checkpoint.pt")
+WORKER_PID = "worker.pid"  # "<pid> <host>" of the process training the trial, in its out_dir
 
 
 def trial_of(plan: StudyPlan, config: dict, name: str) -> TrialSpec:
@@ -101,24 +104,34 @@ class TuneReporter:
 
 def _restore_checkpoint(out: Path) -> int:
     """Copy the trial's last Tune checkpoint into ``out`` unless ``out`` already holds a later step.
-    Returns the step training will continue from (0: a fresh start)."""
+    Returns the step training will continue from (0: a fresh start).
+
+    Damaged files are skipped, never fatal here: a restored checkpoint that is not usable (see
+    ``mfsweep.training.checkpoint.check``) is reported and the trial folder's own checkpoints are
+    used; a damaged ``checkpoint.pt`` there is set aside by ``train`` (falling back to
+    ``checkpoint.prev.pt``)."""
     from ray import tune
 
     from mfsweep.training import checkpoint as ckpt
 
     dst = out / ckpt.CHECKPOINT_NAME
-    have = int(ckpt.load(dst)["step"]) if dst.exists() else 0
+    have = ckpt.usable_step(dst) or 0
     restored = tune.get_checkpoint()
     if restored is None:
         return have
     with restored.as_directory() as d:
         src = Path(d) / ckpt.CHECKPOINT_NAME
-        if not src.exists() or int(ckpt.load(src)["step"]) <= have:
+        if not src.exists():
             return have
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dst.with_suffix(".restoring"))
-        os.replace(dst.with_suffix(".restoring"), dst)
-    return int(ckpt.load(dst)["step"])
+        state, reason = ckpt.check(src)
+        if state is None:
+            ckpt.log.warning("the restored Tune checkpoint %s is unusable (%s); continuing from step %d of %s",
+                             src, reason, have, out)
+            return have
+        if int(state["step"]) <= have:
+            return have
+        ckpt.install(src, dst)
+        return int(state["step"])
 
 
 def _finished_before(out: Path, spec: TrialSpec):
@@ -153,10 +166,18 @@ def run_trial(config: dict, plan: StudyPlan, exp_path: str) -> None:
 
     spec = trial_of(plan, config, tune.get_context().get_trial_name())
     out = out_dir(exp_path, spec.trial_id)
+    out.mkdir(parents=True, exist_ok=True)
+    # which process trains this trial (to find or signal it, e.g. in tests/faults/test_worker_kill.py)
+    write_text_atomic(out / WORKER_PID, f"{os.getpid()} {socket.gethostname()}\n")
     start_step = _restore_checkpoint(out)
     reporter = TuneReporter(spec, out, plan.metric, start_step)
     result = _finished_before(out, spec)
-    if result is None:
+    workers = plan.study.resources.workers
+    if result is None and workers > 1:  # this actor is rank 0; ranks 1..W-1 are spawned on this node
+        from mfsweep.training.launch import launch
+
+        result = launch(spec.config, out, workers, hooks=reporter)
+    elif result is None:
         result = train(spec.config, out, hooks=reporter, progress=False)
     else:  # finished before the driver stopped: report the stored outcome, train nothing
         reporter.final = {k: v for k, v in result.metrics.items() if METRIC_KEY.match(k)}
@@ -213,6 +234,9 @@ def trainable(plan: StudyPlan, exp_path: str):
 
     res = plan.study.resources
     resources = {"cpu": res.cpu, "gpu": res.gpu} if res.gpu else {"cpu": res.cpu}
+    if res.workers > 1:  # one bundle on one node: the actor sees all W GPUs (CUDA_VISIBLE_DEVICES)
+        bundle = {"CPU": res.cpu * res.workers, **({"GPU": res.gpu * res.workers} if res.gpu else {})}
+        resources = tune.PlacementGroupFactory([bundle])
     return tune.with_resources(tune.with_parameters(run_trial, plan=plan, exp_path=exp_path), resources)
 
 

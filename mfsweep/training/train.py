@@ -19,7 +19,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from mfsweep.config import TrialConfig, dump_yaml
+from mfsweep.config import ConfigError, TrialConfig, dump_yaml
 from mfsweep.data import DataError, Dataset, load_dataset
 from mfsweep.evaluation.evaluate import evaluate
 from mfsweep.evaluation.metrics import make_reference
@@ -27,6 +27,7 @@ from mfsweep.fileio import write_text_atomic
 from mfsweep.methods import METHODS
 from mfsweep.models import build_backbone
 from mfsweep.training import checkpoint as ckpt
+from mfsweep.training.distributed import DistContext, GradSync, check_batch, rank_seeds
 from mfsweep.training.fast import compiled_loss, with_precision
 from mfsweep.training.viz import save_samples_png
 
@@ -55,6 +56,8 @@ class TrainResult:
     checkpoint_time_s: float = 0.0  # writing checkpoints and handing them to the caller (Ray Tune)
     error: str | None = None
     out_dir: str = ""
+    world_size: int = 1  # data-parallel processes (resources.workers)
+    rank_seeds: list[list[int]] = field(default_factory=list)  # per rank: [batch seed, noise seed]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -108,14 +111,15 @@ def _saved_count(samples: torch.Tensor) -> int:
     return min(len(samples), max(64, _SAVE_BYTES // per_row))
 
 
-def _batches(dataset: Dataset, cfg: TrialConfig, device: torch.device, gen: torch.Generator):
-    """``next_batch() -> (x, y)``: ``train.batch_size`` rows drawn with replacement from ``gen`` (a
+def _batches(dataset: Dataset, cfg: TrialConfig, device: torch.device, gen: torch.Generator,
+             batch_size: int | None = None):
+    """``next_batch() -> (x, y)``: ``batch_size`` (default ``train.batch_size``) rows drawn with replacement from ``gen`` (a
     CPU generator, part of the checkpoint), flipped left-right at random when ``dataset.hflip``."""
     x_all, y_all = dataset.x_train, dataset.y_train if cfg.data.conditional else None
     if x_all.numel() * x_all.element_size() <= _ON_DEVICE_BYTES:
         x_all = x_all.to(device)
         y_all = None if y_all is None else y_all.to(device)
-    n, b = len(x_all), cfg.train.batch_size
+    n, b = len(x_all), batch_size or cfg.train.batch_size
 
     def next_batch():
         idx = torch.randint(n, (b,), generator=gen)
@@ -131,40 +135,65 @@ def _batches(dataset: Dataset, cfg: TrialConfig, device: torch.device, gen: torc
     return next_batch
 
 
-def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None, progress: bool = True) -> TrainResult:
-    """Train, checkpoint, evaluate at the end; resumes from ``out_dir/checkpoint.pt`` if present."""
-    hooks = hooks or _NoHooks()
+def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None, progress: bool = True,
+          dist: DistContext | None = None) -> TrainResult:
+    """Train, checkpoint, evaluate at the end; resumes from ``out_dir/checkpoint.pt`` if present.
+
+    ``dist``: one rank of a data-parallel group (mfsweep.training.distributed): each rank trains on
+    ``batch_size / world_size`` rows, gradients are averaged over the ranks; only rank 0 writes files,
+    calls ``hooks`` and evaluates, the other ranks return after the last checkpoint."""
+    world, rank = (1, 0) if dist is None else (dist.world_size, dist.rank)
+    main = rank == 0
+    if dist is not None:
+        check_batch(cfg.train.batch_size, world, f"trial {cfg.name}")
+    hooks = hooks if main and hooks is not None else _NoHooks()
+    progress = progress and main
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device) if dist is None else dist.device
     dataset = load_dataset(cfg.data)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, dataset).to(device)
+    if dist is not None:
+        dist.broadcast_module(model)  # identical start on every rank (seeded build, and rank 0's copy)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
     loss_fn = build_loss(cfg, dataset)
     on_step = getattr(loss_fn, "on_step", None)  # methods with a schedule (e.g. α-Flow's curriculum)
     tc = cfg.train
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(tc.warmup_steps))
-    gen_batch = torch.Generator().manual_seed(cfg.seed)
-    gen_noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    (out / "config.yaml").write_text(dump_yaml(cfg))
+    seed_batch, seed_noise = rank_seeds(cfg.seed, rank)
+    gen_batch = torch.Generator().manual_seed(seed_batch)
+    gen_noise = torch.Generator(device=device).manual_seed(seed_noise)
+    all_seeds = [list(rank_seeds(cfg.seed, r)) for r in range(world)]
+    if main:
+        (out / "config.yaml").write_text(dump_yaml(cfg))
 
     step = 0
     times = {"train": 0.0, "eval": 0.0, "checkpoint": 0.0}  # seconds, kept across resumes
     ckpt_path = out / ckpt.CHECKPOINT_NAME
-    if ckpt_path.exists():
-        state = ckpt.load(ckpt_path)
+    if dist is not None and not main:
+        dist.barrier()  # rank 0 first: load_for_resume may set a damaged checkpoint aside
+    state = ckpt.load_for_resume(ckpt_path)  # checkpoint.pt, else checkpoint.prev.pt if it is damaged
+    if dist is not None and main:
+        dist.barrier()
+    if state is not None and int(state.get("world_size", 1)) != world:
+        raise ConfigError([("resources.workers", f"{ckpt_path} was written by {int(state.get('world_size', 1))} "
+                                                 f"data-parallel workers, this run has {world}; resume with the same "
+                                                 "number or use a new --out")], "resume")
+    if state is not None:
         if state["config"] != _comparable(cfg):
-            raise ValueError(f"{ckpt_path} was written with a different config; use a new --out or delete it")
+            raise ConfigError([("--out", f"{ckpt_path} was written with a different config; use a new --out "
+                                         "or delete it")], "resume")  # exit 2, not a traceback
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
-        gen_batch.set_state(state["gen_batch"])
-        gen_noise.set_state(state["gen_noise"].to(gen_noise.get_state().device))
+        gens = state["rank_gens"][rank] if world > 1 else {"batch": state["gen_batch"], "noise": state["gen_noise"]}
+        gen_batch.set_state(gens["batch"])
+        gen_noise.set_state(gens["noise"].to(gen_noise.get_state().device))
         step = int(state["step"])
         times.update(train=float(state["train_time_s"]), eval=float(state.get("eval_time_s", 0.0)),
                      checkpoint=float(state.get("checkpoint_time_s", 0.0)))
@@ -176,12 +205,20 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
                  "checkpoint_time_s": times["checkpoint"], "config": _comparable(cfg),
                  "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                  "sched": sched.state_dict(), "gen_batch": gen_batch.get_state(), "gen_noise": gen_noise.get_state()}
+        if dist is not None:  # every rank's generators, in rank 0's checkpoint
+            state["world_size"] = world
+            state["rank_gens"] = dist.gather({"batch": gen_batch.get_state(), "noise": gen_noise.get_state().cpu()})
+            if not main:
+                return ckpt_path
         path = ckpt.save_atomic(state, ckpt_path)
         hooks.on_checkpoint(step, path)
         times["checkpoint"] += time.perf_counter() - t0
         return path
 
-    next_batch = _batches(dataset, cfg, device, gen_batch)
+    next_batch = _batches(dataset, cfg, device, gen_batch, cfg.train.batch_size // world)
+    grad_sync = GradSync(model.parameters(), dist) if dist is not None else None
+    if dist is not None and state is not None and len(set(steps := dist.gather(step))) != 1:
+        raise RuntimeError(f"data-parallel ranks resumed from different steps: {steps}")
     net = with_precision(model, tc.precision, device)  # what the loss calls; model holds the weights
     step_loss = compiled_loss(loss_fn) if tc.compile else loss_fn
     ev = cfg.eval
@@ -199,11 +236,14 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
             on_step(step, tc.steps)
         loss_vec, mon = step_loss(net, x, y, generator=gen_noise)
         loss = loss_vec.mean()
-        if not bool(torch.isfinite(loss)):  # before the update: the weights stay good
-            status, error = "diverged", f"diverged at step {step + 1}: loss is {loss.item()}"
+        loss_all = loss if dist is None else dist.mean(loss)  # every rank agrees on divergence
+        if not bool(torch.isfinite(loss_all)):  # before the update: the weights stay good
+            status, error = "diverged", f"diverged at step {step + 1}: loss is {loss_all.item()}"
             break
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if grad_sync is not None:
+            grad_sync(step + 1)  # mean over the ranks, checked every dist.check_every steps
         if tc.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
@@ -213,23 +253,31 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
         running.append(mon["mse"])
         bar.update(1)
         if step % tc.log_every == 0 or step == tc.steps:
-            log = {"train/loss": loss.item(), "train/mse": torch.stack(running).mean().item(),
+            mse = torch.stack(running).mean()
+            log = {"train/loss": loss_all.item(), "train/mse": (mse if dist is None else dist.mean(mse)).item(),
                    "train/lr": sched.get_last_lr()[0]}
             running.clear()
             bar.set_postfix(loss=f"{log['train/loss']:.4g}", mse=f"{log['train/mse']:.4g}")
             hooks.on_log(step, log)
-        if ev.every_steps and step % ev.every_steps == 0 and step < tc.steps:
+        if ev.every_steps and step % ev.every_steps == 0 and step < tc.steps and not main:
+            dist.barrier()  # not built: sharded evaluation; rank 0 evaluates alone
+        elif ev.every_steps and step % ev.every_steps == 0 and step < tc.steps:
             t0 = time.perf_counter()
             res = evaluate(with_precision(ema.module, tc.precision, device), dataset,
                            num_samples=ev.num_samples_during, **eval_kwargs)
             hooks.on_eval(step, res.flat(), ev.num_samples_during, "eval")  # EMA copy: model stays in train mode
             times["eval"] += time.perf_counter() - t0
+            if dist is not None:
+                dist.barrier()
         if step % tc.checkpoint_every == 0 or step == tc.steps:
             save_checkpoint()
     bar.close()
     times["train"] = time.perf_counter() - t_start - times["eval"] - times["checkpoint"]
 
-    result = TrainResult(status=status, step=step, train_time_s=times["train"], error=error, out_dir=str(out))
+    result = TrainResult(status=status, step=step, train_time_s=times["train"], error=error, out_dir=str(out),
+                         world_size=world, rank_seeds=all_seeds)
+    if not main:  # rank 0 evaluates and writes metrics.json
+        return result
     t_final = time.perf_counter()
     if status == "finished":
         res = evaluate(with_precision(ema.module, tc.precision, device), dataset, num_samples=ev.num_samples,
