@@ -448,7 +448,7 @@ def best_config_yaml(study: load.StudyRuns, run_id: str, header: str = "") -> st
         run = study.client.get_run(run_id)
         cfg = _nest(dict(run.data.params))
         note = "# rebuilt from the run's params (no config.yaml artifact): check the value types\n"
-    for key in ("name", "seed"):
+    for key in ("name", "seed", "resources"):  # resources.workers is a study param, not a trial config key
         cfg.pop(key, None)
     body = yaml.safe_dump({"base": cfg}, sort_keys=False, default_flow_style=False)
     return header + note + body

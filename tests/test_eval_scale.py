@@ -350,7 +350,7 @@ def test_latents_decoded_once_per_nfe_and_reference_decoded(fake_inception):
         assert res.samples[k].shape == (24, 1, 8, 8)
         torch.testing.assert_close(res.samples[k], 0.5 * F.interpolate(noise - 1.0 / k, scale_factor=2,
                                                                        mode="nearest"))
-        assert res.timings[f"decode/nfe_{k}"] >= 0
+        assert res.timings[f"decode/nfe_{k}"] > 0  # the decode phase ran and was timed
         assert all(math.isfinite(res.values[f"{m}/nfe_{k}"]) for m in ("fid", "kid", "precision", "recall",
                                                                          "inception_score"))
     # every metric saw images; the samples' pool features once per NFE (fid, kid, precision, recall

@@ -52,8 +52,8 @@ def test_const_net_and_result_layout():
         torch.testing.assert_close(res.samples[k], noise - 1.0 / k)
         for name in ("swd", "energy", "precision", "recall"):  # default metrics for vectors
             assert math.isfinite(res.values[f"{name}/nfe_{k}"])
-            assert res.timings[f"metric/{name}/nfe_{k}"] >= 0
-        assert res.timings[f"sampling/nfe_{k}"] >= 0
+            assert f"metric/{name}/nfe_{k}" in res.timings
+        assert res.timings[f"sampling/nfe_{k}"] > 0
     flat = res.flat()
     assert flat["num_samples"] == 64.0 and all(isinstance(v, float) for v in flat.values())
     assert set(flat) == {f"{m}/nfe_{k}" for m in ("swd", "energy", "precision", "recall") for k in (1, 2, 4)} | {
@@ -129,3 +129,49 @@ def test_digits_fd_and_too_few_samples():
     assert res.metadata["fd_digits"]["extractor"].startswith("digits-mlp-v")
     with pytest.raises(ValueError, match="need at least 2 samples for a covariance, got 1"):
         evaluate(lambda z, r, t, y: 0.5 * z, ds, nfes=(1,), num_samples=1)
+
+
+def test_timings_cover_every_phase_within_the_wall_time():
+    import time
+
+    ds = _toy()
+    t0 = time.perf_counter()
+    res = evaluate(Recorder(), ds, nfes=(1, 4), num_samples=64, seed=0, metrics=["swd", "energy"], batch_size=32)
+    wall = time.perf_counter() - t0
+    want = {f"sampling/nfe_{k}" for k in (1, 4)} | {f"metric/{m}/nfe_{k}" for m in ("swd", "energy") for k in (1, 4)}
+    assert set(res.timings) == want, "every phase that ran is timed, nothing else (no decode for vectors)"
+    assert all(v > 0 for v in res.timings.values()), res.timings
+    assert sum(res.timings.values()) <= wall
+
+
+def _fid_weights(tmp_path):
+    from test_fid import _random_inception_weights  # random Inception-v3 weights (no download)
+
+    return _random_inception_weights(tmp_path / "inception_random.pt", 0)
+
+
+def test_fid_through_evaluate(tmp_path, monkeypatch):
+    """FID end to end through evaluate() with random Inception weights: a sampler that reproduces
+    the reference images scores ≈ 0, one that draws other images scores > 0."""
+    from mfsweep.evaluation.metrics import ReferenceSet
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    weights = _fid_weights(tmp_path)
+    g = torch.Generator().manual_seed(5)
+    ref_x = torch.rand(8, 1, 8, 8, generator=g) * 2 - 1
+    other = torch.rand(8, 1, 8, 8, generator=g) * 2 - 1
+    ds = Dataset("fidtoy", "image", ref_x, None, ref_x, None, None, (1, 8, 8))
+    ref = ReferenceSet("fidtoy", "test", "image", ref_x, options={"weights_path": weights})
+
+    def to(target):  # one Euler jump z - u from t = 1 to r = 0 lands exactly on `target`
+        return lambda z, r, t, y=None: z - target
+
+    same = evaluate(to(ref_x), ds, nfes=(1,), num_samples=8, seed=0, metrics=["fid"], reference=ref)
+    diff = evaluate(to(other), ds, nfes=(1,), num_samples=8, seed=0, metrics=["fid"], reference=ref)
+    assert set(same.values) == set(diff.values) == {"fid/nfe_1"}
+    assert torch.allclose(same.samples[1], ref_x, atol=1e-6)
+    assert math.isfinite(diff.values["fid/nfe_1"]) and diff.values["fid/nfe_1"] > 1e-3
+    assert abs(same.values["fid/nfe_1"]) < 1e-6 * diff.values["fid/nfe_1"]
+    meta = same.metadata["fid"]
+    assert meta["num_samples"] == 8 and meta["reference_num"] == 8 and "sha256:" in meta["extractor"]
+    assert same.timings["metric/fid/nfe_1"] > 0

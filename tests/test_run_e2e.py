@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from mlflow import MlflowClient
 
@@ -97,15 +99,13 @@ def test_tiny_study_with_a_failing_trial(tmp_path):
     assert {"config.yaml", "metrics.json", "samples/nfe_1.png", "samples/nfe_2.npy"} <= arts
     samples = np.load(client.download_artifacts(rid, "samples/nfe_1.npy", str(tmp_path)))
     assert samples.shape == (200, 2)
-    for tid, run in children.items():
-        if "corrupt" in tid:
-            assert run.info.status == "FAILED" and run.data.tags["mfsweep.status"] == "failed"
-            assert "DataError" in run.data.tags["mfsweep.error"] and "corrupt.npy" in run.data.tags["mfsweep.error"]
+    corrupt = {tid: run for tid, run in children.items() if "path=corrupt" in tid}
+    assert len(corrupt) == 2, list(children)
+    for tid, run in corrupt.items():
+        assert run.info.status == "FAILED" and run.data.tags["mfsweep.status"] == "failed"
+        assert "DataError" in run.data.tags["mfsweep.error"] and "corrupt.npy" in run.data.tags["mfsweep.error"]
 
-    try:  # the analysis side reads the same store (when that package is present)
-        import analysis.report  # noqa: F401
-    except ImportError:
-        return
+    # the analysis side reads the same store (analysis/ ships with mfsweep: a missing import fails)
     rep = subprocess.run([sys.executable, "-m", "mfsweep.cli", "report", str(study), "--tracking-uri", uri,
                           "--out", str(tmp_path / "report")], cwd=tmp_path, env=_env(tmp_path),
                          capture_output=True, text=True, timeout=300)
@@ -124,38 +124,102 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
     raise AssertionError("timed out waiting for the study to make progress")
 
 
+def _trial_files(exp: Path, trial_id: str) -> dict[str, int]:
+    """mtime (ns) of the outputs a finished trial wrote; any retraining or re-evaluation rewrites them."""
+    out = exp / trial_id / "train"
+    names = ("checkpoint.pt", "metrics.json", "config.yaml", "samples/nfe_1.npy", "samples/nfe_1.png")
+    return {n: (out / n).stat().st_mtime_ns for n in names}
+
+
+def _run_record(client: MlflowClient, run) -> dict:
+    """What MLflow holds of a trial: status, every metric's full history (step, value, timestamp)."""
+    rid = run.info.run_id
+    full = client.get_run(rid)
+    return {"status": full.info.status, "tags": {k: v for k, v in full.data.tags.items() if k.startswith("mfsweep.")},
+            "history": {k: [(m.step, m.value, m.timestamp) for m in client.get_metric_history(rid, k)]
+                        for k in sorted(full.data.metrics)}}
+
+
 def test_killed_driver_resumes_without_duplicates(tmp_path):
+    from analysis.load import load_study, tidy
+    from mfsweep.sweep.plan import make_plan
+    from mfsweep.sweep.study import load_study as load_study_file
+    from mfsweep.training.train import train
+
     study = _write(tmp_path, "resume", {
         "base": {**TOY, "train": {**TOY["train"], "steps": 3000, "checkpoint_every": 200, "log_every": 100}},
         "axes": {"meanflow.frac_r_neq_t": [0.0, 0.5]}, "seeds": [0], "max_concurrent_trials": 1,
         "eval": {"nfe": [1], "num_samples": 200}})
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    first_id, second_id = "t000-frac_r_neq_t=0.0-seed=0", "t001-frac_r_neq_t=0.5-seed=0"
 
-    def second_trial_checkpointed() -> bool:
-        return any((tmp_path / "ray" / "resume").glob("*/t001-*/train/checkpoint.pt"))
+    def first_done_second_checkpointed() -> bool:
+        # t000 done in MLflow (its final metric logged by the driver) and t001 past its first checkpoint
+        if not any((tmp_path / "ray" / "resume").glob(f"*/{second_id}/train/checkpoint.pt")):
+            return False
+        try:
+            _, _, children, _ = _runs(uri, "resume")
+        except Exception:  # the store is being created
+            return False
+        done = children.get(first_id)
+        return done is not None and done.info.status == "FINISHED"
 
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(_cmd(study, "--tracking-uri", uri), cwd=tmp_path, env=_env(tmp_path),
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_for(second_trial_checkpointed, 300, proc)
+        _wait_for(first_done_second_checkpointed, 300, proc)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-trial
+        with contextlib.suppress(ProcessLookupError):  # (gone already if it exited early: that error is shown)
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-trial
         proc.wait()
+    [exp] = [p for p in (tmp_path / "ray" / "resume").iterdir() if p.is_dir()]
+    client, _, children, _ = _runs(uri, "resume")
+    before_files = _trial_files(exp, first_id)
+    before_run = _run_record(client, children[first_id])
+    assert before_run["history"]["final/swd/nfe_1"] and before_run["history"]["train/loss"][-1][0] == 3000
+
     proc = subprocess.run(_cmd(study, "--tracking-uri", uri), cwd=tmp_path, env=_env(tmp_path),
                           capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "resumed execution" in proc.stdout
     client, parents, children, n = _runs(uri, "resume")
     assert len(parents) == 1 and len(children) == 2 and n == 3, "runs reused, not duplicated"
-    for run in children.values():
+    logged = {}
+    for tid, run in children.items():
         assert run.data.tags["mfsweep.status"] == "finished" and run.info.status == "FINISHED"
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
-        assert steps == sorted(set(steps)) and steps[-1] == 3000, "each step logged once"
-    interrupted = children["t001-frac_r_neq_t=0.5-seed=0"].data.tags
+        logged[tid] = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+        assert len(client.get_metric_history(run.info.run_id, "final/swd/nfe_1")) == 1, "final logged once"
+    interrupted = children[second_id].data.tags
     assert 200 <= int(interrupted["mfsweep.resumed_from"]) < 3000, "continued from its checkpoint"
-    finished = children["t000-frac_r_neq_t=0.0-seed=0"].data.tags
-    assert finished.get("mfsweep.resumed_from", "3000") == "3000", "the finished trial was not trained again"
+    # the finished trial was not trained (nor evaluated) again: its files and its MLflow run are untouched
+    assert _trial_files(exp, first_id) == before_files
+    assert _run_record(client, children[first_id])["history"] == before_run["history"]
+    assert children[first_id].data.tags.get("mfsweep.resumed_from") in (None, "3000")  # never a retrain from < 3000
+
+    # the resumed study reports what an uninterrupted run of the same trials gives (fixed seeds, CPU,
+    # one torch thread per trial as in the study). t000 was trained once, uninterrupted (its files
+    # above are untouched): its metrics.json is that run. t001 is trained again here, straight through.
+    plan = make_plan(load_study_file(study)[0])
+    df = tidy(load_study("resume", uri), phases=("final",))
+    assert set(df["trial_id"]) == {t.trial_id for t in plan.trials} == {first_id, second_id}
+    threads = torch.get_num_threads()
+    try:
+        straight = train(plan.by_id[second_id].config, tmp_path / "straight", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    uninterrupted = {first_id: json.loads((exp / first_id / "train" / "metrics.json").read_text())["metrics"],
+                     second_id: straight.metrics}
+    for tid, metrics in uninterrupted.items():
+        got = df[df["trial_id"] == tid].set_index(["metric", "nfe"])["value"].to_dict()
+        want = {(k.split("/")[0], int(k.split("_")[-1])): v for k, v in metrics.items() if "/nfe_" in k}
+        assert want and set(got) == set(want) and got == pytest.approx(want, rel=1e-9, abs=0), tid
+
+    # every step of both trials logged exactly once
+    expected = list(range(100, 3001, 100))
+    assert logged[first_id] == expected
+    assert logged[second_id] == sorted(set(logged[second_id])), "no step logged twice"
+    assert logged[second_id] == expected, "no step lost: the killed driver's unsent metrics are logged by the rerun"
 
 
 def _free_port() -> int:

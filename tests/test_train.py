@@ -7,7 +7,7 @@ import torch
 
 from mfsweep.training import checkpoint as ckpt
 from mfsweep.cli import main
-from mfsweep.config import load_trial_config, set_dotted
+from mfsweep.config import ConfigError, load_trial_config, set_dotted
 from mfsweep.training.train import train
 
 TINY = {
@@ -61,7 +61,7 @@ def test_resume_is_bit_exact(tmp_path):
 
 def test_resume_refuses_a_different_config(tmp_path):
     train(cfg(train__steps=10), tmp_path / "x", progress=False)
-    with pytest.raises(ValueError, match="different config"):
+    with pytest.raises(ConfigError, match="different config"):  # exit 2 through the CLI
         train(cfg(meanflow__frac_r_neq_t=0.5), tmp_path / "x", progress=False)
 
 
@@ -140,3 +140,80 @@ def test_time_is_split_into_training_evaluation_and_checkpoints(tmp_path):
     # contain its own write time), plus the step-30 checkpoint
     assert r2.checkpoint_time_s >= 0.4
     assert r2.train_time_s > r.train_time_s * 0.5
+
+
+COND = {
+    "name": "cond",
+    "data": {"name": "synthetic_images", "resolution": 8, "channels": 1, "num_classes": 3, "num_train": 96,
+             "num_test": 8, "conditional": True},
+    "model": {"backbone": "unet", "channels": 8, "channel_mult": [1, 2]},
+    "meanflow": {"cfg": {"omega": 2.0, "class_dropout": 0.25}},
+    "train": {"steps": 20, "batch_size": 16, "checkpoint_every": 10, "log_every": 5, "warmup_steps": 5,
+              "device": "cpu", "threads": 1},
+    "eval": {"nfe": [1], "num_samples": 9, "metrics": ["fid"], "batch_size": 9},
+}
+
+
+class _Losses:
+    def __init__(self):
+        self.logs, self.evals = [], []
+
+    def on_log(self, step, metrics):
+        self.logs.append((step, metrics["train/loss"]))
+
+    def on_eval(self, step, values, num_samples, phase):
+        self.evals.append((step, phase, dict(values)))
+
+    def on_checkpoint(self, step, path):
+        pass
+
+
+def test_class_conditional_unet_with_guidance_and_fid(tmp_path, monkeypatch):
+    """train() on class-conditional images with the U-Net and CFG (omega 2, class dropout), scored
+    with FID (random Inception weights, no download): the class embedding (and its null row) is
+    learnt, the network's output depends on the label, the samples and the FID are there."""
+    from test_fid import _random_inception_weights
+
+    from mfsweep.data import load_dataset
+    from mfsweep.training.train import build_model
+
+    monkeypatch.setenv("MFSWEEP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    weights = _random_inception_weights(tmp_path / "inception.pt", 0)
+    monkeypatch.setenv("MFSWEEP_INCEPTION_WEIGHTS", str(weights))
+    c = load_trial_config(json.loads(json.dumps(COND)))
+    threads = torch.get_num_threads()
+    hooks = _Losses()
+    try:
+        result = train(c, tmp_path / "run", hooks=hooks, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.status == "finished" and result.step == 20, result.error
+    assert set(result.metrics) == {"fid/nfe_1", "num_samples"}
+    assert torch.isfinite(torch.tensor(result.metrics["fid/nfe_1"])) and result.metrics["fid/nfe_1"] > 0
+    assert result.metric_metadata["fid"]["extractor"].endswith(
+        __import__("hashlib").sha256(weights.read_bytes()).hexdigest()[:8])
+    assert hooks.evals and hooks.evals[-1][1] == "final" and "fid/nfe_1" in hooks.evals[-1][2]
+    assert [s for s, _ in hooks.logs] == list(range(5, 21, 5))
+    assert all(torch.isfinite(torch.tensor(v)) for _, v in hooks.logs)
+
+    samples = __import__("numpy").load(tmp_path / "run" / "samples" / "nfe_1.npy")
+    assert samples.shape == (9, 1, 8, 8)
+    # the weights: the label embedding has a row per class plus the null (dropped) class; all trained
+    torch.manual_seed(c.seed)
+    init = build_model(c, load_dataset(c.data)).state_dict()
+    state = ckpt.load(tmp_path / "run" / "checkpoint.pt")
+    label = [k for k in state["model"] if k.endswith("label.weight")]
+    assert len(label) == 1
+    w0, w1 = init[label[0]], state["model"][label[0]]
+    assert w1.shape[0] == 3 + 1
+    assert all(not torch.equal(w0[i], w1[i]) for i in range(4)), "every class row (and the null row) was trained"
+    # the trained network's output depends on the class label
+    net = build_model(c, load_dataset(c.data))
+    net.load_state_dict(state["model"])
+    net.eval()
+    z = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    ones, zeros = torch.ones(3), torch.zeros(3)
+    with torch.no_grad():
+        outs = [net(z, zeros, ones, torch.full((3,), k)) for k in range(3)]
+    assert not torch.allclose(outs[0], outs[1]) and not torch.allclose(outs[1], outs[2])
