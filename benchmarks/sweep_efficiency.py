@@ -1,6 +1,13 @@
 """Sweep efficiency of a study on Ray Tune: how much of the machine's time goes into training.
 
     python benchmarks/sweep_efficiency.py [STUDY.yaml] [--set KEY=VALUE ...] [--num-cpus N]
+    python benchmarks/sweep_efficiency.py --cluster [--cluster-workers 2]  # 3-node loopback cluster
+
+With --cluster the same study runs on a multi-node Ray cluster on this machine
+(``ray.cluster_utils.Cluster``: a head with 0 CPUs, N worker nodes with 1 CPU each, the storage
+folder marked shared), joined by address as `mfsweep run --address` does; the figures then include
+what a multi-node cluster adds (remote actor start-up per node, checkpoints and results crossing
+the object store and the storage folder between processes of different raylets).
 
 Runs the study from scratch (a fresh execution in a temporary storage folder and SQLite store,
 unless --storage / --tracking-uri are given) and prints one JSON object:
@@ -38,20 +45,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     ap.add_argument("--storage", default=None, help="Ray storage (default: a temporary folder)")
     ap.add_argument("--tracking-uri", default=None, help="MLflow URI (default: a temporary SQLite file)")
+    ap.add_argument("--cluster", action="store_true",
+                    help="run on a loopback multi-node Ray cluster (head 0 CPU + worker nodes of 1 CPU)")
+    ap.add_argument("--cluster-workers", type=int, default=2, help="worker nodes of the --cluster (default 2)")
     args = ap.parse_args(argv)
 
     from mfsweep.sweep.plan import make_plan
     from mfsweep.sweep.runner import run_plan
     from mfsweep.sweep.study import load_study
 
+    cluster, address, cluster_start = None, None, 0.0
+    if args.cluster:  # started before the clock: a real cluster is up before `mfsweep run`
+        from ray.cluster_utils import Cluster
+
+        c0 = time.perf_counter()
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+        for _ in range(args.cluster_workers):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        address, cluster_start = cluster.address, time.perf_counter() - c0
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="sweep-eff-") as tmp:
-        overrides = [f"storage={args.storage or os.path.join(tmp, 'ray')}", *args.set]
-        study, text = load_study(args.study, overrides)
-        plan = make_plan(study)
-        uri = args.tracking_uri or f"sqlite:///{tmp}/mlflow.db"
-        outcome = run_plan(plan, text, tracking_uri=uri, restart=True, num_cpus=args.num_cpus)
-    total = time.perf_counter() - t0
+    try:
+        with tempfile.TemporaryDirectory(prefix="sweep-eff-") as tmp:
+            overrides = [f"storage.path={args.storage or os.path.join(tmp, 'ray')}", *args.set]
+            if cluster is not None:
+                overrides.append("storage.shared=true")  # one machine: every node sees the folder
+            study, text = load_study(args.study, overrides)
+            plan = make_plan(study)
+            uri = args.tracking_uri or f"sqlite:///{tmp}/mlflow.db"
+            outcome = run_plan(plan, text, tracking_uri=uri, restart=True, num_cpus=args.num_cpus, address=address)
+        total = time.perf_counter() - t0
+    finally:
+        if cluster is not None:
+            cluster.shutdown()
     def summed(key: str) -> float:
         return sum(r[key] for r in outcome.rows if r.get(key) is not None)
 
@@ -61,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     statuses = [r["status"] for r in outcome.rows]
     result = {
         "study": study.name, "trials": len(outcome.rows),
+        "ray": (f"loopback cluster: head 0 CPU + {args.cluster_workers} worker nodes x 1 CPU "
+                f"(started in {cluster_start:.1f} s, not counted)") if cluster is not None
+               else f"local, {args.num_cpus or os.cpu_count()} CPUs",
         "finished": statuses.count("finished"), "slots": outcome.slots,
         "wall_s": round(outcome.wall_s, 1), "total_wall_s": round(total, 1),
         "sum_train_s": round(sums["train"], 1), "sum_eval_s": round(sums["eval"], 1),
