@@ -4,6 +4,8 @@
   ends with the same parameters as one process taking the same optimizer steps on the mean loss
   over the same two shards (same per-rank generator draws);
 - a rank whose gradients bypass the sync makes the cross-rank check raise RuntimeError naming the step;
+- sharded evaluation: 2 ranks sample their shares of the evaluation batches (ragged: 37 samples in
+  batches of 8) and rank 0 gathers exactly the samples and metric values of one process;
 - a global batch that does not split over the workers is a ConfigError naming both fields;
 - end to end: `mfsweep run` of a study with ``resources: {workers: 2}`` → one MLflow child run per
   trial with ``resources.workers = 2`` and one set of metrics (slow).
@@ -42,7 +44,8 @@ def _cfg(**train):
         "method": {"name": "meanflow"}, "meanflow": {"frac_r_neq_t": 0.5},
         "train": {"steps": STEPS, "batch_size": BATCH, "lr": 1e-2, "warmup_steps": 2, "grad_clip": 0.5,
                   "checkpoint_every": STEPS, "log_every": 1, "device": "cpu", "threads": 1, **train},
-        "eval": {"nfe": [1], "num_samples": 64, "batch_size": 64},
+        # periodic and final evaluation, both shared by the ranks (batches of 16: 2 or 4 per evaluation)
+        "eval": {"nfe": [1], "num_samples": 64, "batch_size": 16, "every_steps": 2, "num_samples_during": 21},
     })
 
 
@@ -66,11 +69,12 @@ def _rank(rank: int, world: int, init_method: str, out: str, skip_from: int, che
     try:
         if resume_at:  # train to resume_at (final checkpoint, rank 0 evaluates), then resume to STEPS
             train(_cfg(steps=resume_at), out, dist=ctx, progress=False)
-        logged = []
+        logged, evals = [], []
         hooks = type("Hooks", (), {"on_log": lambda self, step, m: logged.append(step),
-                                   "on_eval": lambda self, *a: None, "on_checkpoint": lambda self, *a: None})()
+                                   "on_eval": lambda self, step, m, n, kind: evals.append([step, kind, n, sorted(m)]),
+                                   "on_checkpoint": lambda self, *a: None})()
         res = train(_cfg(), out, hooks=hooks, dist=ctx, progress=False)
-        report.update(status=res.status, step=res.step, logged=logged)
+        report.update(status=res.status, step=res.step, logged=logged, evals=evals)
     except RuntimeError as exc:
         report["error"] = str(exc)
     finally:
@@ -124,6 +128,9 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path):
     reports = _spawn(tmp_path, resume_at=3)
     assert [r.get("status") for r in reports] == ["finished", "finished"], reports
     assert reports[0]["logged"] == [4, 5] and reports[1]["logged"] == []  # resumed; hooks on rank 0 only
+    # the shared periodic (step 4) and final evaluations reported once, by rank 0, with their values
+    assert [e[:3] for e in reports[0]["evals"]] == [[4, "eval", 21], [5, "final", 64]] and reports[1]["evals"] == []
+    assert all("swd/nfe_1" in e[3] and "energy/nfe_1" in e[3] for e in reports[0]["evals"])
     got = ckpt.load(tmp_path / ckpt.CHECKPOINT_NAME)
     assert got["step"] == STEPS and got["world_size"] == 2 and len(got["rank_gens"]) == 2
     ref = _single_process_reference(_cfg(), shards=2)
@@ -143,6 +150,79 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path):
     assert metrics["rank_seeds"] == [list(D.rank_seeds(3, 0)), list(D.rank_seeds(3, 1))]
     assert metrics["rank_seeds"][0] != metrics["rank_seeds"][1]
     assert not (torch.equal(got["rank_gens"][0]["batch"], got["rank_gens"][1]["batch"]))
+    # the final evaluation (sampled by both ranks, gathered on rank 0) equals one process's on the EMA weights
+    from torch.optim.swa_utils import AveragedModel
+
+    from mfsweep.evaluation.evaluate import evaluate
+    from mfsweep.training.train import sampling_velocity
+
+    cfg = _cfg()
+    ema = AveragedModel(build_model(cfg, load_dataset(cfg.data)), use_buffers=True)
+    ema.load_state_dict(got["ema"])
+    ev = cfg.eval
+    one = evaluate(ema.module, load_dataset(cfg.data), nfes=ev.nfe, num_samples=ev.num_samples, seed=ev.seed,
+                   metrics=ev.metrics, grid=ev.grid, batch_size=ev.batch_size, device="cpu",
+                   velocity=sampling_velocity(cfg, build_loss(cfg, load_dataset(cfg.data))))
+    finals = {k: v for k, v in metrics["metrics"].items() if k != "num_samples"}
+    assert finals and finals.keys() == one.values.keys()
+    for k, v in one.values.items():
+        assert abs(finals[k] - v) <= 1e-6 * max(1.0, abs(v)), (k, finals[k], v)
+
+
+EVAL = dict(nfes=(1, 2, 4), num_samples=37, seed=11, batch_size=8, metrics=["swd"])  # 37 = 4·8 + 5: ragged
+
+
+def _eval_net_and_data():
+    cfg = _cfg()
+    dataset = load_dataset(cfg.data)
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg, dataset), dataset
+
+
+def _eval_rank(rank: int, world: int, init_method: str, out: str) -> None:
+    """One rank of a sharded evaluation, both sampling velocities; results to out/eval{r}.pt."""
+    from mfsweep.evaluation.evaluate import evaluate
+
+    ctx = D.init(rank, world, init_method, "cpu")
+    try:
+        net, dataset = _eval_net_and_data()
+        res = {v: evaluate(net, dataset, velocity=v, shard=ctx, **EVAL) for v in ("average", "origin")}
+        torch.save({v: {"values": r.values, "samples": r.samples} for v, r in res.items()}, Path(out, f"eval{rank}.pt"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_sharded_evaluation_gathers_the_samples_of_one_process(tmp_path):
+    """2 ranks share the batches (rank 0: rows 0, 16, 32..36; rank 1: rows 8, 24); rank 0 gets the
+    one-process samples row for row, and the same metric values; rank 1 returns none."""
+    from mfsweep.evaluation.evaluate import evaluate
+
+    init_method = f"tcp://127.0.0.1:{D.free_port()}"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_eval_rank, args=(r, 2, init_method, str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+        assert p.exitcode == 0, f"{p.name} exit code {p.exitcode}"
+    got = [torch.load(tmp_path / f"eval{r}.pt") for r in range(2)]
+    net, dataset = _eval_net_and_data()
+    for velocity in ("average", "origin"):
+        one = evaluate(net, dataset, velocity=velocity, **EVAL)
+        sharded = got[0][velocity]
+        assert got[1][velocity]["values"] == {} and got[1][velocity]["samples"] == {}
+        assert sorted(sharded["samples"]) == [1, 2, 4] and sharded["values"].keys() == one.values.keys()
+        for k in (1, 2, 4):
+            x, ref = sharded["samples"][k], one.samples[k]
+            assert x.shape == ref.shape == (37, 2)
+            assert float((x - ref).abs().max()) <= 1e-6, (velocity, k)
+            for row in (0, 8, 15, 16, 36):  # rows of both ranks' batches, the ragged last one included
+                assert torch.allclose(x[row], ref[row], atol=1e-6, rtol=0)
+            assert not torch.allclose(x[8], ref[0], atol=1e-3)  # rows are not interchangeable
+        for key, v in one.values.items():
+            assert abs(sharded["values"][key] - v) <= 1e-6 * max(1.0, abs(v)), (velocity, key)
+    # "origin" re-noises between steps: NFE 2 differs from NFE 1 (the per-batch generators are used)
+    assert float((got[0]["origin"]["samples"][2] - got[0]["origin"]["samples"][1]).abs().max()) > 1e-4
 
 
 def test_a_rank_that_bypasses_the_sync_fails_loudly(tmp_path):

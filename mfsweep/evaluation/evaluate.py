@@ -6,6 +6,12 @@ sampler. Network time ("sampling/nfe_k"), decoding time of latent datasets ("dec
 time ("metric/{name}/nfe_k") are timed apart. Features of one NFE's samples are computed once and
 shared by the metrics (`mfsweep.evaluation.metrics.feature_memo`): the first metric that needs them
 (in the order asked) carries their cost in its timing, and `recall` reuses `precision`'s computation.
+
+Sharded sampling (`shard=`, one rank of a data-parallel trial): the noise and labels are drawn for all
+`num_samples` on every rank as above; rank r samples the batches starting at rows
+r·batch_size, (r + W)·batch_size, ...; the batches are gathered to rank 0 in row order, so rank 0's
+samples are those of one process (the "origin" sampler's fresh noise is seeded per batch, by its first
+row). Only rank 0 decodes and scores; the other ranks return an EvalResult without values or samples.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -24,7 +30,17 @@ from mfsweep.evaluation.metrics import (METRICS, ReferenceSet, decode_batched, d
 from mfsweep.methods.sampling import make_time_grid, sample
 from mfsweep.schema import metric_key
 
-__all__ = ["EvalResult", "evaluate", "draw_noise"]
+__all__ = ["EvalResult", "EvalShard", "evaluate", "draw_noise"]
+
+
+class EvalShard(Protocol):
+    """One rank of a group sharing the sampling (e.g. `mfsweep.training.distributed.DistContext`):
+    `gather(obj)` is a collective that returns every rank's picklable `obj`, in rank order (at least
+    on rank 0)."""
+
+    rank: int
+    world_size: int
+    gather: Callable[[Any], list]
 
 
 @dataclass
@@ -69,7 +85,7 @@ NEEDS_REFERENCE_SAMPLES = frozenset({"kid", "precision", "recall", "swd", "energ
 def evaluate(net, dataset, *, nfes: Sequence[int] = (1, 2, 4, 8), num_samples: int = 2000, seed: int = 0,
              metrics: Sequence[str] | None = None, grid: str = "linspace", labels: Tensor | None = None,
              batch_size: int = 1000, device: str = "cpu", reference: ReferenceSet | None = None,
-             velocity: str = "average") -> EvalResult:
+             velocity: str = "average", shard: EvalShard | None = None) -> EvalResult:
     """Sample `num_samples` points at every NFE from the same noise and score them.
 
     Args:
@@ -88,6 +104,9 @@ def evaluate(net, dataset, *, nfes: Sequence[int] = (1, 2, 4, 8), num_samples: i
             latent data: a decoded, seeded subset of at most 10,000 reference latents).
         velocity: which velocity the sampler asks the network for ("average", "instantaneous",
             "origin"), see `mfsweep.methods.sampling.sample`.
+        shard: this process's rank in a group that shares the sampling (every rank must call with
+            the same arguments); None: one process samples everything. Ranks other than 0 skip
+            building the default reference and return an EvalResult with no values and no samples.
     Returns:
         EvalResult (see its docstring).
     """
@@ -100,9 +119,11 @@ def evaluate(net, dataset, *, nfes: Sequence[int] = (1, 2, 4, 8), num_samples: i
         if kind not in spec.kinds:
             raise ValueError(f"metric '{spec.name}' does not apply to {kind} data "
                              f"(dataset '{dataset.name}'); it needs {sorted(spec.kinds)}")
-    ref = reference if reference is not None else make_reference(
+    rank, world = (0, 1) if shard is None else (int(shard.rank), int(shard.world_size))
+    main = rank == 0
+    ref = reference if reference is not None or not main else make_reference(
         dataset, device=device, decode_batch_size=batch_size)
-    if ref.x is None:
+    if ref is not None and ref.x is None:
         if metrics is None:  # precision/recall are defaults for images: leave them out, loudly
             dropped = [n for n in specs if n in ("precision", "recall")]
             if dropped:
@@ -116,7 +137,7 @@ def evaluate(net, dataset, *, nfes: Sequence[int] = (1, 2, 4, 8), num_samples: i
             raise ValueError(f"metrics {without} need reference samples, but reference '{ref.name}/{ref.split}' "
                              f"has only statistics ({ref.stats_path}); drop them or pass a reference with samples "
                              f"(make_reference(..., decode_with_stats=True) for latent datasets)")
-    meta = {name: {**spec.metadata(ref), "num_samples": num_samples} for name, spec in specs.items()}
+    meta = {name: {**spec.metadata(ref), "num_samples": num_samples} for name, spec in specs.items()} if main else {}
 
     noise, drawn = draw_noise(dataset.shape, num_samples, seed, dataset.num_classes)
     if labels is None:
@@ -133,17 +154,24 @@ def evaluate(net, dataset, *, nfes: Sequence[int] = (1, 2, 4, 8), num_samples: i
             time_grid = make_time_grid(k, grid)
             _sync(device)
             t0 = time.perf_counter()
-            # fresh noise for stochastic multistep samplers ("origin"), seeded per evaluation
-            renoise = torch.Generator(device=torch.device(device)).manual_seed(int(seed) + 1)
             with torch.no_grad():
-                chunks = []
-                for i in range(0, num_samples, batch_size):
+                chunks = {}
+                for i in range(rank * batch_size, num_samples, world * batch_size):  # this rank's batches
                     y = None if labels is None else labels[i:i + batch_size].to(device)
-                    chunks.append(sample(net, noise[i:i + batch_size].to(device), y, time_grid.to(device),
-                                         velocity=velocity, generator=renoise).cpu())
+                    # fresh noise for stochastic multistep samplers ("origin"), seeded per batch (by its
+                    # first row), so the samples do not depend on how the batches are shared out
+                    renoise = torch.Generator(device=torch.device(device)).manual_seed(int(seed) + 1 + i)
+                    chunks[i] = sample(net, noise[i:i + batch_size].to(device), y, time_grid.to(device),
+                                       velocity=velocity, generator=renoise).cpu()
             _sync(device)
-            result.timings[f"sampling/nfe_{k}"] = time.perf_counter() - t0
-            x = torch.cat(chunks) if chunks else noise[:0]
+            if shard is not None:  # every rank's batches to rank 0, in row order
+                gathered = shard.gather(chunks)
+                if not main:
+                    result.timings[f"sampling/nfe_{k}"] = time.perf_counter() - t0
+                    continue
+                chunks = {i: c for part in gathered for i, c in part.items()}
+            result.timings[f"sampling/nfe_{k}"] = time.perf_counter() - t0  # rank 0: its share and the gather
+            x = torch.cat([chunks[i] for i in sorted(chunks)]) if chunks else noise[:0]
             finite = bool(torch.isfinite(x).all())
             result.diverged |= not finite
             if decode is not None and x.shape[0] > 0:

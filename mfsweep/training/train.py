@@ -259,12 +259,10 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
             running.clear()
             bar.set_postfix(loss=f"{log['train/loss']:.4g}", mse=f"{log['train/mse']:.4g}")
             hooks.on_log(step, log)
-        if ev.every_steps and step % ev.every_steps == 0 and step < tc.steps and not main:
-            dist.barrier()  # not built: sharded evaluation; rank 0 evaluates alone
-        elif ev.every_steps and step % ev.every_steps == 0 and step < tc.steps:
-            t0 = time.perf_counter()
+        if ev.every_steps and step % ev.every_steps == 0 and step < tc.steps:
+            t0 = time.perf_counter()  # every rank samples its share; rank 0 gathers, scores and reports
             res = evaluate(with_precision(ema.module, tc.precision, device), dataset,
-                           num_samples=ev.num_samples_during, **eval_kwargs)
+                           num_samples=ev.num_samples_during, shard=dist, **eval_kwargs)
             hooks.on_eval(step, res.flat(), ev.num_samples_during, "eval")  # EMA copy: model stays in train mode
             times["eval"] += time.perf_counter() - t0
             if dist is not None:
@@ -276,12 +274,13 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
 
     result = TrainResult(status=status, step=step, train_time_s=times["train"], error=error, out_dir=str(out),
                          world_size=world, rank_seeds=all_seeds)
-    if not main:  # rank 0 evaluates and writes metrics.json
-        return result
     t_final = time.perf_counter()
-    if status == "finished":
+    if status == "finished":  # every rank samples its share (same status on every rank: mean loss)
         res = evaluate(with_precision(ema.module, tc.precision, device), dataset, num_samples=ev.num_samples,
-                       **eval_kwargs)
+                       shard=dist, **eval_kwargs)
+    if not main:  # rank 0 scores, saves the samples and writes metrics.json
+        return result
+    if status == "finished":
         result.metrics = res.flat()
         result.metric_metadata = res.metadata
         if res.diverged:
