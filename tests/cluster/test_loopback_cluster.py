@@ -8,7 +8,9 @@ two worker nodes with one CPU each, a shared storage path, a SQLite MLflow store
   cluster stops the driver with exit code 2 before anything is written;
 - a worker node removed mid-trial: with ``max_failures: 2`` the trial is retried on the surviving
   node from its last checkpoint, finishes, its single MLflow child run has continuous steps, and
-  the driver prints one line about the lost node instead of Ray's traceback.
+  the driver prints one line about the lost node instead of Ray's traceback;
+- a two-worker data-parallel trial (gloo, 1 CPU per worker) runs as one group on the node that fits
+  its placement group, and its child run records the world size and one set of metrics.
 
 The cluster starts once for the module (about 5 s); the node-removal test runs last and adds a
 replacement node afterwards. The console line of a retried trial is also checked without Ray, on
@@ -134,6 +136,38 @@ def test_node_local_storage_is_refused_on_the_cluster(cluster, tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
     written = [f for f in (tmp_path / "shared").rglob("*") if f.is_file() and f.name != ".lock"]
     assert written == [], written  # no execution.json, no experiment folder (the study's lock file aside)
+
+
+@pytest.mark.slow
+def test_two_worker_trial_runs_as_one_group_on_a_node_that_fits_it(cluster, tmp_path):
+    """``resources: {workers: 2, cpu: 1}`` (gloo, the stand-in for 2 GPUs): the trial's one placement
+    group bundle (2 CPUs) fits only a 2-CPU node added for this test, not the 1-CPU workers; the
+    group trains, rank 0 reports one set of metrics, and the child run records the world size."""
+    big = cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    try:
+        study = _study(tmp_path, "dp2", axes={"meanflow.frac_r_neq_t": [0.5]}, seeds=[0],
+                       resources={"workers": 2, "cpu": 1})
+        uri = f"sqlite:///{tmp_path}/mlflow.db"
+        proc = subprocess.run(_driver(study, cluster.address, uri), cwd=tmp_path, env=_env(),
+                              capture_output=True, text=True, timeout=400)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        pids = _trial_pids(list((tmp_path / "shared" / "dp2").glob("*-*")))
+        assert len(pids) == 1, pids
+        node_of_pid = {a["pid"]: a["node_id"] for a in _actors()}
+        assert {node_of_pid[p] for p in next(iter(pids.values()))} == {big.node_id}
+    finally:
+        cluster.remove_node(big, allow_graceful=True)
+    client, parents, children = _children(uri, "dp2")
+    assert len(parents) == 1 and len(children) == 1
+    run = children[0]
+    assert run.info.status == "FINISHED" and run.data.tags["mfsweep.status"] == "finished"
+    assert run.data.params["resources.workers"] == "2"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert steps == [25, 50, 75, 100, 125, 150]  # one rank reports: no step twice
+    assert len(client.get_metric_history(run.info.run_id, "final/swd/nfe_1")) == 1
+    (written,) = [json.loads(f.read_text()) for f in (tmp_path / "shared" / "dp2").glob("*/t000*/train/metrics.json")]
+    assert written["world_size"] == 2 and len({tuple(s) for s in written["rank_seeds"]}) == 2
 
 
 @pytest.mark.slow
