@@ -225,6 +225,45 @@ def test_sharded_evaluation_gathers_the_samples_of_one_process(tmp_path):
     assert float((got[0]["origin"]["samples"][2] - got[0]["origin"]["samples"][1]).abs().max()) > 1e-4
 
 
+def _eval_rank_no_reference(rank: int, world: int, init_method: str, out: str) -> None:
+    """One rank of a sharded evaluation where rank 0 cannot build its reference; the error each
+    rank raises goes to out/error{r}.txt."""
+    from mfsweep.evaluation import evaluate as E
+
+    def no_reference(*args, **kwargs):
+        raise FileNotFoundError("reference statistics missing: /nowhere/ref.npz")
+
+    if rank == 0:
+        E.make_reference = no_reference
+    ctx = D.init(rank, world, init_method, "cpu")
+    try:
+        net, dataset = _eval_net_and_data()
+        try:
+            E.evaluate(net, dataset, shard=ctx, **EVAL)
+            Path(out, f"error{rank}.txt").write_text("no error")
+        except Exception as exc:
+            Path(out, f"error{rank}.txt").write_text(f"{type(exc).__name__}: {exc}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_sharded_evaluation_stops_every_rank_when_rank_0_cannot_build_the_reference(tmp_path):
+    """Rank 0 fails before sampling; rank 1 hears of it in the one collective before sampling and
+    raises too (naming rank 0's error), instead of waiting in the samples' gather."""
+    init_method = f"tcp://127.0.0.1:{D.free_port()}"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_eval_rank_no_reference, args=(r, 2, init_method, str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+        assert p.exitcode == 0, f"{p.name} exit code {p.exitcode}"
+    errors = [(tmp_path / f"error{r}.txt").read_text() for r in range(2)]
+    assert errors[0] == "FileNotFoundError: reference statistics missing: /nowhere/ref.npz"
+    assert errors[1].startswith("RuntimeError: evaluation stopped on rank 1: rank 0 could not build the reference")
+    assert "FileNotFoundError: reference statistics missing" in errors[1]
+
+
 def test_a_rank_that_bypasses_the_sync_fails_loudly(tmp_path):
     """Rank 1 keeps its own gradients from step 3 on; the check (every 2 steps) fires at step 4."""
     reports = _spawn(tmp_path, skip_from=3, check_every=2)

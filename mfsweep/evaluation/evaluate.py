@@ -35,8 +35,8 @@ __all__ = ["EvalResult", "EvalShard", "evaluate", "draw_noise"]
 
 class EvalShard(Protocol):
     """One rank of a group sharing the sampling (e.g. `mfsweep.training.distributed.DistContext`):
-    `gather(obj)` is a collective that returns every rank's picklable `obj`, in rank order (at least
-    on rank 0)."""
+    `gather(obj)` is a collective that returns every rank's picklable `obj`, in rank order, on every
+    rank."""
 
     rank: int
     world_size: int
@@ -121,8 +121,20 @@ def evaluate(net, dataset, *, nfes: Sequence[int] = (1, 2, 4, 8), num_samples: i
                              f"(dataset '{dataset.name}'); it needs {sorted(spec.kinds)}")
     rank, world = (0, 1) if shard is None else (int(shard.rank), int(shard.world_size))
     main = rank == 0
-    ref = reference if reference is not None or not main else make_reference(
-        dataset, device=device, decode_batch_size=batch_size)
+    ref, failed = reference, None
+    if ref is None and main:
+        try:
+            ref = make_reference(dataset, device=device, decode_batch_size=batch_size)
+        except Exception as exc:  # the other ranks must hear of it, or they would wait in the gather
+            if shard is None:
+                raise
+            failed = exc
+    if shard is not None:  # one collective before sampling: every rank stops if rank 0 could not go on
+        said = shard.gather(None if failed is None else f"{type(failed).__name__}: {failed}")
+        if failed is not None:
+            raise failed
+        if said[0] is not None:
+            raise RuntimeError(f"evaluation stopped on rank {rank}: rank 0 could not build the reference ({said[0]})")
     if ref is not None and ref.x is None:
         if metrics is None:  # precision/recall are defaults for images: leave them out, loudly
             dropped = [n for n in specs if n in ("precision", "recall")]
