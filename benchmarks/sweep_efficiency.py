@@ -17,10 +17,12 @@ unless --storage / --tracking-uri are given) and prints one JSON object:
     sum_train_s     Σ over trials of time/train_s (the training loop alone)
     sum_eval_s      Σ time/eval_s (periodic and final evaluation: sampling, metrics, sample files)
     sum_checkpoint_s  Σ time/checkpoint_s (writing checkpoints, handing them to Tune)
+    sum_compile_s   Σ time/compile_s (train.compile: each trial process's first, compiling step;
+                    0 without compile); like checkpoints, shown apart and not counted as useful work
     slots           trials that can run at once (CPU / per-trial CPU, max_concurrent_trials)
     efficiency      (sum_train_s + sum_eval_s) / (wall_s × slots): the share of slot time spent on
                     useful work (training and the evaluation the study asks for)
-    overhead_s      wall_s × slots − Σ(train + eval + checkpoint): worker start-up, scheduling,
+    overhead_s      wall_s × slots − Σ(train + eval + checkpoint + compile): worker start-up, scheduling,
                     result hand-offs, MLflow logging on the driver, idle slots at the end
 """
 
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return sum(r[key] for r in outcome.rows if r.get(key) is not None)
 
     train_s = [r["time/train_s"] for r in outcome.rows if r.get("time/train_s") is not None]
-    sums = {k: summed(f"time/{k}_s") for k in ("train", "eval", "checkpoint")}
+    sums = {k: summed(f"time/{k}_s") for k in ("train", "eval", "checkpoint", "compile")}
     slot_s = outcome.wall_s * outcome.slots
     statuses = [r["status"] for r in outcome.rows]
     result = {
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "finished": statuses.count("finished"), "slots": outcome.slots,
         "wall_s": round(outcome.wall_s, 1), "total_wall_s": round(total, 1),
         "sum_train_s": round(sums["train"], 1), "sum_eval_s": round(sums["eval"], 1),
-        "sum_checkpoint_s": round(sums["checkpoint"], 1),
+        "sum_checkpoint_s": round(sums["checkpoint"], 1), "sum_compile_s": round(sums["compile"], 1),
         "mean_train_s": round(sum(train_s) / max(1, len(train_s)), 1),
         "efficiency": round((sums["train"] + sums["eval"]) / slot_s, 3) if slot_s else None,
         "share_of_slot_time": {k: round(v / slot_s, 3) for k, v in sums.items()} if slot_s else None,

@@ -77,3 +77,40 @@ def test_hflip_flips_about_half_of_the_batch_left_right_and_nothing_else():
     ds.hflip = False
     xb, _ = _batches(ds, cfg, torch.device("cpu"), torch.Generator().manual_seed(0))()
     assert (xb[:, None] == x[None]).flatten(2).all(-1).any(-1).all()
+
+
+def test_compile_time_is_timed_apart_from_training_and_kept_across_resumes(tmp_path):
+    """train.compile: the first step of each process (tracing and compiling) is time/compile_s, not
+    training; a resumed process adds its own first step; without compile it is 0 and not reported."""
+    import json
+    import time
+
+    from mfsweep.sweep.tune import TuneReporter
+    from mfsweep.training.train import train
+
+    raw = {"data": {"name": "moons", "num_train": 256, "num_test": 128},
+           "model": {"hidden_dim": 16, "depth": 1},
+           "train": {"steps": 10, "batch_size": 32, "checkpoint_every": 5, "log_every": 5, "warmup_steps": 2,
+                     "device": "cpu", "compile": True},
+           "eval": {"nfe": [1], "num_samples": 32, "metrics": ["swd"]}}
+    t0 = time.perf_counter()
+    r1 = train(load_trial_config(raw), tmp_path / "c", progress=False)
+    wall = time.perf_counter() - t0
+    assert r1.status == "finished" and r1.compile_time_s > 0
+    assert r1.train_time_s > 0 and r1.train_time_s + r1.eval_time_s + r1.checkpoint_time_s + r1.compile_time_s <= wall
+    saved = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert saved["compile_time_s"] == pytest.approx(r1.compile_time_s)
+    raw["train"]["steps"] = 20  # a new process would compile again: so does this call
+    r2 = train(load_trial_config(raw), tmp_path / "c", progress=False)
+    assert r2.step == 20 and r2.compile_time_s > r1.compile_time_s
+    raw["train"]["compile"] = False
+    r3 = train(load_trial_config(raw), tmp_path / "e", progress=False)
+    assert r3.compile_time_s == 0.0
+
+    reported = []
+    rep = TuneReporter(None, tmp_path, "swd/nfe_1")  # finish()'s mapping of the result to Tune's metrics
+    rep._report = lambda step, out, files=(): reported.append(out)
+    for res in (r2, r3):
+        rep.finish(res)
+    assert reported[0]["time/compile_s"] == pytest.approx(r2.compile_time_s)
+    assert "time/compile_s" not in reported[1]

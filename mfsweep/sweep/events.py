@@ -165,7 +165,8 @@ class StudyEvents:
                         **{f"axis.{k[5:]}": v for k, v in tags.items() if k.startswith("axis.")},
                         f"final/{metric}": metrics.get(f"final/{metric}"),
                         "time/train_s": metrics.get("time/train_s"), "time/eval_s": metrics.get("time/eval_s"),
-                        "time/checkpoint_s": metrics.get("time/checkpoint_s"), "run_id": run.info.run_id})
+                        "time/checkpoint_s": metrics.get("time/checkpoint_s"),
+                        "time/compile_s": metrics.get("time/compile_s"), "run_id": run.info.run_id})
         return sorted(out, key=lambda r: r["trial_id"])
 
 

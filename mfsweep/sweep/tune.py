@@ -93,6 +93,8 @@ class TuneReporter:
         out = {"phase": "final", "status": result.status, "error": result.error or "",
                "time/train_s": float(result.train_time_s), "time/eval_s": float(result.eval_time_s),
                "time/checkpoint_s": float(result.checkpoint_time_s)}
+        if result.compile_time_s:  # train.compile: the first step of each process, apart from training
+            out["time/compile_s"] = float(result.compile_time_s)
         out.update({f"final/{k}": v for k, v in self.final.items()})
         if self.final:
             out["final/num_samples"] = float(self.final_samples)

@@ -54,6 +54,9 @@ class TrainResult:
     train_time_s: float = 0.0  # the training loop itself: periodic evaluation and checkpoints excluded
     eval_time_s: float = 0.0  # periodic and final evaluation (sampling, metrics, saving samples)
     checkpoint_time_s: float = 0.0  # writing checkpoints and handing them to the caller (Ray Tune)
+    # train.compile: the first step of each process (torch.compile traces and compiles, or loads
+    # from Inductor's cache), summed over resumes; not in train_time_s
+    compile_time_s: float = 0.0
     error: str | None = None
     out_dir: str = ""
     world_size: int = 1  # data-parallel processes (resources.workers)
@@ -172,7 +175,7 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
         (out / "config.yaml").write_text(dump_yaml(cfg))
 
     step = 0
-    times = {"train": 0.0, "eval": 0.0, "checkpoint": 0.0}  # seconds, kept across resumes
+    times = {"train": 0.0, "eval": 0.0, "checkpoint": 0.0, "compile": 0.0}  # seconds, kept across resumes
     ckpt_path = out / ckpt.CHECKPOINT_NAME
     if dist is not None and not main:
         dist.barrier()  # rank 0 first: load_for_resume may set a damaged checkpoint aside
@@ -196,13 +199,15 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
         gen_noise.set_state(gens["noise"].to(gen_noise.get_state().device))
         step = int(state["step"])
         times.update(train=float(state["train_time_s"]), eval=float(state.get("eval_time_s", 0.0)),
-                     checkpoint=float(state.get("checkpoint_time_s", 0.0)))
+                     checkpoint=float(state.get("checkpoint_time_s", 0.0)),
+                     compile=float(state.get("compile_time_s", 0.0)))
 
     def save_checkpoint() -> Path:
         t0 = time.perf_counter()
-        times["train"] = t0 - t_start - times["eval"] - times["checkpoint"]
+        times["train"] = t0 - t_start - times["eval"] - times["checkpoint"] - times["compile"]
         state = {"step": step, "train_time_s": times["train"], "eval_time_s": times["eval"],
-                 "checkpoint_time_s": times["checkpoint"], "config": _comparable(cfg),
+                 "checkpoint_time_s": times["checkpoint"], "compile_time_s": times["compile"],
+                 "config": _comparable(cfg),
                  "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                  "sched": sched.state_dict(), "gen_batch": gen_batch.get_state(), "gen_noise": gen_noise.get_state()}
         if dist is not None:  # every rank's generators, in rank 0's checkpoint
@@ -230,7 +235,9 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
     bar = tqdm(total=tc.steps, initial=step, desc=cfg.name, disable=not progress, dynamic_ncols=True)
     t_start = time.perf_counter() - sum(times.values())
     model.train()
+    compiling = tc.compile  # this process's first step compiles: timed apart as time/compile_s
     while step < tc.steps:
+        t_step = time.perf_counter()
         x, y = next_batch()
         if on_step is not None:
             on_step(step, tc.steps)
@@ -250,6 +257,9 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
         sched.step()
         ema.update_parameters(model)
         step += 1
+        if compiling:
+            times["compile"] += time.perf_counter() - t_step
+            compiling = False
         running.append(mon["mse"])
         bar.update(1)
         if step % tc.log_every == 0 or step == tc.steps:
@@ -270,7 +280,7 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
         if step % tc.checkpoint_every == 0 or step == tc.steps:
             save_checkpoint()
     bar.close()
-    times["train"] = time.perf_counter() - t_start - times["eval"] - times["checkpoint"]
+    times["train"] = time.perf_counter() - t_start - times["eval"] - times["checkpoint"] - times["compile"]
 
     result = TrainResult(status=status, step=step, train_time_s=times["train"], error=error, out_dir=str(out),
                          world_size=world, rank_seeds=all_seeds)
@@ -294,5 +304,6 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
         times["eval"] += time.perf_counter() - t_final
         hooks.on_eval(step, result.metrics, ev.num_samples, "final")
     result.eval_time_s, result.checkpoint_time_s = times["eval"], times["checkpoint"]
+    result.compile_time_s = times["compile"]
     write_text_atomic(out / "metrics.json", json.dumps(asdict(result), indent=2, default=str))
     return result
