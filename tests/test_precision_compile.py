@@ -58,6 +58,60 @@ def test_compiled_loss_equals_eager_and_really_compiles():
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+def test_each_trial_compiles_its_own_loss_even_past_dynamos_recompile_limit():
+    # A reused Ray worker runs many trials in one process; each trial's settings are guarded
+    # constants, so past dynamo's recompile limit a later trial would silently run eagerly.
+    # With the limit lowered to 1, the second and third trials must compile as many graphs as the first.
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(1))
+    new_graphs = []
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for frac in (0.1, 0.2, 0.3):
+            cfg, model, loss_fn = _setup(meanflow={"frac_r_neq_t": frac}, train={"compile": True})
+            before = dynamo_utils.counters["stats"]["unique_graphs"]
+            loss, _ = _loss_and_grads(compiled_loss(loss_fn), model, model, x)
+            new_graphs.append(dynamo_utils.counters["stats"]["unique_graphs"] - before)
+            eager, _ = _loss_and_grads(loss_fn, model, model, x)
+            assert torch.allclose(loss, eager, rtol=1e-6, atol=1e-7)
+        assert new_graphs[0] > 0 and new_graphs == [new_graphs[0]] * 3, new_graphs
+        # the failure this guards against: without the reset the same sequence stops compiling
+        torch._dynamo.reset()
+        stale = []
+        for frac in (0.1, 0.2, 0.3):
+            cfg, model, loss_fn = _setup(meanflow={"frac_r_neq_t": frac}, train={"compile": True})
+            before = dynamo_utils.counters["stats"]["unique_graphs"]
+            _loss_and_grads(compiled_loss(loss_fn, fresh=False), model, model, x)
+            stale.append(dynamo_utils.counters["stats"]["unique_graphs"] - before)
+        assert stale[-1] < new_graphs[-1], (stale, new_graphs)
+
+
+def test_compiled_loss_keeps_shapes_static():
+    # Dynamo's "automatic dynamic" shapes (recorded on disk per source line) would give later
+    # trials symbolic batch sizes and slower kernels once the loss had been called at two sizes.
+    # A trial's batch is fixed, so the compiled loss specialises: a new size recompiles, and no
+    # shape symbol is ever created.
+    import logging
+
+    made = []
+    handler = logging.Handler()
+    handler.emit = lambda record: made.append(record.getMessage())
+    log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+    old_level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    try:
+        cfg, model, loss_fn = _setup(train={"compile": True})
+        step = compiled_loss(loss_fn)
+        for rows in (32, 48):
+            x = torch.randn(rows, 2, generator=torch.Generator().manual_seed(rows))
+            loss, _ = _loss_and_grads(step, model, model, x)
+            assert loss.shape == (rows,)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old_level)
+    assert made, "no log from symbolic_shapes: the check below would be vacuous"
+    assert not [m for m in made if "create_symbol" in m]
+
+
 def test_compile_with_a_per_step_schedule_is_refused():
     with pytest.raises(ConfigError, match="train.compile: method 'alphaflow'"):
         load_trial_config({"train": {"compile": True}, "method": {"name": "alphaflow"}})

@@ -42,6 +42,25 @@ def with_precision(net: nn.Module, precision: str, device: torch.device) -> nn.M
     raise ValueError(f"unknown train.precision {precision!r}; valid: bf16, fp32")
 
 
-def compiled_loss(loss_fn) -> Callable:
-    """``torch.compile`` of ``loss_fn(net, x, y, generator=...)``; compiled on its first call."""
-    return torch.compile(loss_fn.__call__)
+def compiled_loss(loss_fn, fresh: bool = True) -> Callable:
+    """``torch.compile`` of ``loss_fn(net, x, y, generator=...)``; compiled on its first call.
+
+    ``fresh`` (the default, one call per trial) first clears dynamo's in-memory state with
+    ``torch._dynamo.reset()``. A study reuses Ray's worker processes between trials
+    (``reuse_actors``), and dynamo keys its compiled graphs by code object with a limit of 8
+    recompiles each (``torch._dynamo.config.recompile_limit``); the loss's settings (``frac_r_neq_t``,
+    the backbone, shapes) are guarded constants, so without the reset the ninth distinct trial in
+    one process would run eagerly with only a warning in the log. Inductor's on-disk cache is kept,
+    so a trial that repeats an earlier configuration loads its kernels instead of recompiling.
+    ``fresh=False`` compiles alongside what is already compiled (two losses timed side by side).
+
+    Shapes are static (``dynamic=False``): a trial's batch never changes shape, and without it
+    Dynamo's profile-guided "automatic dynamic" shapes, which it records on disk per source line
+    (``automatic_dynamic_local_pgo``), would compile every later trial with symbolic batch sizes once
+    any process on the machine had called the loss at two sizes (a backbone sweep, a test run);
+    on the tiny DiT the compiled Flow Matching step took 36.5 ms that way, 16.6 ms with static
+    shapes, 21.6 ms eager (docs/benchmarks.md, "The compiled fast path, measured again").
+    """
+    if fresh:
+        torch._dynamo.reset()
+    return torch.compile(loss_fn.__call__, dynamic=False)
