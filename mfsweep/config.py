@@ -264,7 +264,7 @@ class TrainConfig(Strict):
     threads: int | None = Field(None, ge=1, description="torch CPU threads; null leaves torch's default")
     # bf16: the network runs under bf16 autocast; the target, the JVP tangents and the loss stay fp32
     precision: Literal["fp32", "bf16"] = "fp32"
-    compile: bool = Field(False, description="torch.compile the network (compiled once per trial)")
+    compile: bool = Field(False, description="torch.compile the loss call (network and JVP), once per trial, static shapes")
 
     @field_validator("device")
     @classmethod

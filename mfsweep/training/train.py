@@ -54,8 +54,8 @@ class TrainResult:
     train_time_s: float = 0.0  # the training loop itself: periodic evaluation and checkpoints excluded
     eval_time_s: float = 0.0  # periodic and final evaluation (sampling, metrics, saving samples)
     checkpoint_time_s: float = 0.0  # writing checkpoints and handing them to the caller (Ray Tune)
-    # train.compile: the first step of each process (torch.compile traces and compiles, or loads
-    # from Inductor's cache), summed over resumes; not in train_time_s
+    # train.compile: the first step of each trial (Dynamo traces the loss call; Inductor compiles
+    # or loads from its on-disk cache), summed over resumes; not in train_time_s
     compile_time_s: float = 0.0
     error: str | None = None
     out_dir: str = ""
@@ -235,7 +235,7 @@ def train(cfg: TrialConfig, out_dir: str | Path, hooks: TrainHooks | None = None
     bar = tqdm(total=tc.steps, initial=step, desc=cfg.name, disable=not progress, dynamic_ncols=True)
     t_start = time.perf_counter() - sum(times.values())
     model.train()
-    compiling = tc.compile  # this process's first step compiles: timed apart as time/compile_s
+    compiling = tc.compile  # this trial's first step (in this process) compiles: timed apart as time/compile_s
     while step < tc.steps:
         t_step = time.perf_counter()
         x, y = next_batch()
