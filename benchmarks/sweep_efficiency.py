@@ -24,6 +24,15 @@ unless --storage / --tracking-uri are given) and prints one JSON object:
                     useful work (training and the evaluation the study asks for)
     overhead_s      wall_s × slots − Σ(train + eval + checkpoint + compile): worker start-up, scheduling,
                     result hand-offs, MLflow logging on the driver, idle slots at the end
+    overhead_by_cause  the overhead split by what the driver saw (mfsweep.sweep.timeline):
+                    in_trials_unmeasured_s  a trial held its slot but was not training, evaluating,
+                        checkpointing or compiling (worker start or reuse, data and model set-up,
+                        the result's way back to the driver)
+                    idle_before_first_s     no trial had started yet (Ray starting workers)
+                    idle_between_s          slots idle between a trial's end and the next start
+                    idle_tail_s             slots idle after the last start (the last trials finishing)
+                    driver_callbacks_s      time the driver spent in mfsweep's Tune callbacks (MLflow
+                        logging, artifacts); it overlaps the rows above (no trial starts meanwhile)
 """
 
 from __future__ import annotations
@@ -38,6 +47,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def by_cause(outcome, sums: dict[str, float]) -> dict:
+    """The overhead split by the driver's timeline of the study (see the module's docstring)."""
+    from mfsweep.sweep.timeline import slot_breakdown
+
+    parts = slot_breakdown(outcome.trial_spans, outcome.wall_s, outcome.slots)
+    out = {"in_trials_unmeasured_s": round(parts["in_trials_s"] - sum(sums.values()), 1),
+           **{k: round(parts[k], 1) for k in ("idle_before_first_s", "idle_between_s", "idle_tail_s")},
+           "driver_callbacks_s": {k.removeprefix("on_trial_"): round(v, 1) for k, v in outcome.callback_s.items()}}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "share_of_slot_time": {k: round(v / slot_s, 3) for k, v in sums.items()} if slot_s else None,
         "overhead_s": round(slot_s - sum(sums.values()), 1),
         "overhead_share": round(1 - sum(sums.values()) / slot_s, 3) if slot_s else None,
+        "overhead_by_cause": by_cause(outcome, sums),
         "cpus": os.cpu_count(), "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }

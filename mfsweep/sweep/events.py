@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from pathlib import Path
 
 from ray.tune import Callback
@@ -66,6 +67,7 @@ class StudyEvents:
         self._specs: dict[str, TrialSpec] = {}
         self.progress = progress  # mfsweep.sweep.progress.StudyProgress (or None)
         self.display = None  # its ProgressDisplay while the study runs
+        self.timeline = None  # mfsweep.sweep.timeline.SlotTimeline while Tuner.fit runs
 
     def _progress(self, ended: bool) -> None:
         if self.display is not None:
@@ -184,30 +186,41 @@ def _outputs(trial, last: dict):
 
 
 class ForwardingCallback(Callback):
-    """Tune callback with no state of its own: forwards to the live StudyEvents (or does nothing)."""
+    """Tune callback with no state of its own: forwards to the live StudyEvents (or does nothing),
+    noting on its ``timeline`` when each trial holds a slot and how long each callback kept the
+    driver busy (the driver schedules no trial meanwhile)."""
 
-    def _events(self) -> StudyEvents | None:
-        return _LIVE.get("events")
+    def _forward(self, name: str, trial, *args) -> None:
+        ev = _LIVE.get("events")
+        if ev is None:
+            return
+        t = time.perf_counter()
+        timeline = getattr(ev, "timeline", None)
+        if timeline is not None and name == "on_trial_start":
+            timeline.started(str(trial), t)
+        try:
+            getattr(ev, name)(trial, *args)
+        finally:
+            if timeline is not None:
+                done = time.perf_counter()
+                timeline.called(name, done - t)
+                if name in ("on_trial_complete", "on_trial_error"):
+                    timeline.ended(str(trial), t)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        if (ev := self._events()) is not None:
-            ev.on_trial_start(trial)
+        self._forward("on_trial_start", trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if (ev := self._events()) is not None:
-            ev.on_trial_result(trial, result)
+        self._forward("on_trial_result", trial, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if (ev := self._events()) is not None:
-            ev.on_trial_complete(trial)
+        self._forward("on_trial_complete", trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        if (ev := self._events()) is not None:
-            ev.on_trial_error(trial)
+        self._forward("on_trial_error", trial)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        if (ev := self._events()) is not None:
-            ev.on_trial_recover(trial)
+        self._forward("on_trial_recover", trial)
 
 
 def forwarding_callback() -> ForwardingCallback:

@@ -42,6 +42,10 @@ class RunOutcome:
     slots: int
     rows: list[dict] = field(default_factory=list)  # one per trial: trial_id, status, error, metric, time
     stop_signal: str = ""  # "SIGTERM" when that stopped the study (SIGINT / Ctrl+C: "")
+    # the driver's view of Tuner.fit (mfsweep.sweep.timeline): trial → [start, end] s after fit began,
+    # and seconds the driver spent in each of mfsweep's Tune callbacks
+    trial_spans: dict = field(default_factory=dict)
+    callback_s: dict = field(default_factory=dict)
 
     @property
     def failed(self) -> list[dict]:
@@ -201,7 +205,10 @@ def run_plan(plan: StudyPlan, study_text: str, *, tracking_uri: str, address: st
         else:
             tuner = make_tuner(plan, study_dir, execution_id, [forwarding_callback()], max_concurrent)
         slots = _slots(plan, max_concurrent)
-        t0 = time.perf_counter()
+        from mfsweep.sweep.timeline import SlotTimeline
+
+        events.timeline = SlotTimeline()
+        t0 = events.timeline.t0
         interrupted = False
         from mfsweep.sweep.signals import graceful_stop
 
@@ -224,7 +231,10 @@ def run_plan(plan: StudyPlan, study_text: str, *, tracking_uri: str, address: st
         # MLflow unreachable: its writes are journaled for the rerun (tracking.py), so not done yet
         interrupted = interrupted or getattr(tracker, "offline", False)
         return RunOutcome(execution_id, parent_id, tracking_uri, exp_path, resumed, interrupted, wall, slots, rows,
-                          stop_signal=stop.name)
+                          stop_signal=stop.name,
+                          trial_spans={(events._specs[k].trial_id if k in events._specs else k): v
+                                       for k, v in events.timeline.spans.items()},
+                          callback_s=events.timeline.callback_s)
     finally:
         detach()
         if started:
