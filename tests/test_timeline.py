@@ -1,6 +1,7 @@
 """The driver's timeline of a study (mfsweep.sweep.timeline) and the callback that fills it."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 
@@ -54,7 +55,7 @@ def test_the_forwarding_callback_notes_spans_and_time_in_callbacks(monkeypatch):
             raise RuntimeError("MLflow down")
 
     fake = FakeEvents()
-    monkeypatch.setattr(ev_mod.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(ev_mod, "time", SimpleNamespace(perf_counter=lambda: next(clock)))  # this module only
     monkeypatch.setitem(ev_mod._LIVE, "events", fake)
     cb = ev_mod.ForwardingCallback()
     cb.on_trial_start(0, [], "t000")                  # 10.0 → 10.5
