@@ -53,7 +53,7 @@ def by_cause(outcome, sums: dict[str, float]) -> dict:
     """The overhead split by the driver's timeline of the study (see the module's docstring)."""
     from mfsweep.sweep.timeline import slot_breakdown
 
-    parts = slot_breakdown(outcome.trial_spans, outcome.wall_s, outcome.slots)
+    parts = slot_breakdown(outcome.trial_spans.values(), outcome.wall_s, outcome.slots)
     out = {"in_trials_unmeasured_s": round(parts["in_trials_s"] - sum(sums.values()), 1),
            **{k: round(parts[k], 1) for k in ("idle_before_first_s", "idle_between_s", "idle_tail_s")},
            "driver_callbacks_s": {k.removeprefix("on_trial_"): round(v, 1) for k, v in outcome.callback_s.items()}}

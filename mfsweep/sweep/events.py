@@ -195,17 +195,15 @@ class ForwardingCallback(Callback):
         if ev is None:
             return
         t = time.perf_counter()
-        timeline = getattr(ev, "timeline", None)
-        if timeline is not None and name == "on_trial_start":
-            timeline.started(str(trial), t)
         try:
             getattr(ev, name)(trial, *args)
         finally:
-            if timeline is not None:
-                done = time.perf_counter()
-                timeline.called(name, done - t)
-                if name in ("on_trial_complete", "on_trial_error"):
-                    timeline.ended(str(trial), t)
+            if ev.timeline is not None:
+                ev.timeline.called(name, time.perf_counter() - t)
+                if name == "on_trial_start":
+                    ev.timeline.started(ev.spec(trial).trial_id, t)
+                elif name in ("on_trial_complete", "on_trial_error"):
+                    ev.timeline.ended(ev.spec(trial).trial_id, t)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._forward("on_trial_start", trial)

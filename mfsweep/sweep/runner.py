@@ -231,9 +231,7 @@ def run_plan(plan: StudyPlan, study_text: str, *, tracking_uri: str, address: st
         # MLflow unreachable: its writes are journaled for the rerun (tracking.py), so not done yet
         interrupted = interrupted or getattr(tracker, "offline", False)
         return RunOutcome(execution_id, parent_id, tracking_uri, exp_path, resumed, interrupted, wall, slots, rows,
-                          stop_signal=stop.name,
-                          trial_spans={(events._specs[k].trial_id if k in events._specs else k): v
-                                       for k, v in events.timeline.spans.items()},
+                          stop_signal=stop.name, trial_spans=events.timeline.spans,
                           callback_s=events.timeline.callback_s)
     finally:
         detach()

@@ -16,13 +16,14 @@ end and the next one's start: result hand-off, callbacks, actor reuse), and afte
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 
 @dataclass
 class SlotTimeline:
     t0: float = field(default_factory=time.perf_counter)
-    spans: dict[str, list[float]] = field(default_factory=dict)  # trial → [start, end] (s after t0)
+    spans: dict[str, list[float]] = field(default_factory=dict)  # trial id → [start, end] (s after t0)
     callback_s: dict[str, float] = field(default_factory=dict)  # callback name → driver seconds in it
 
     def started(self, trial: str, at: float) -> None:
@@ -36,13 +37,14 @@ class SlotTimeline:
         self.callback_s[name] = self.callback_s.get(name, 0.0) + seconds
 
 
-def slot_breakdown(spans: dict[str, list[float]] | list, wall_s: float, slots: int) -> dict[str, float]:
+def slot_breakdown(spans: Iterable[Sequence[float]], wall_s: float, slots: int) -> dict[str, float]:
     """``in_trials_s``: Σ slot-seconds held by trials (running trials capped at ``slots``);
     ``idle_before_first_s`` / ``idle_between_s`` / ``idle_tail_s``: idle slot-seconds in [0, first
-    start), [first start, last start), [last start, wall]. The four add up to ``wall_s × slots``. A
-    span with no end (still running when the study stopped) ends at ``wall_s``."""
+    start), [first start, last start), [last start, wall]. The four add up to ``wall_s × slots``.
+    ``spans``: [start, end] pairs (``SlotTimeline.spans.values()``); a span with no end (still
+    running when the study stopped) ends at ``wall_s``."""
     intervals = []
-    for start, end in (spans.values() if isinstance(spans, dict) else spans):
+    for start, end in spans:
         start = min(max(0.0, start), wall_s)
         end = wall_s if end != end else min(max(start, end), wall_s)  # NaN: not ended
         intervals.append((start, end))
